@@ -7,32 +7,113 @@ numbers match torch.optim.SGD):
     v = momentum * v + g              (only with momentum > 0; v starts at 0)
     p = p - lr * v                    (p = p - lr * g without momentum)
 
-The backend fuses this with the weight gradient dC/dW = scale * delta.T @ a_prev.
+`step(params, grads, state)` is written with the arrays' own module (xp), so
+it runs on NumPy and CuPy alike.  A subclass that overrides `step` (say,
+Nesterov momentum) trains on every backend: fused fast paths, which compute
+exactly SGD's update, step aside for it (see `fused_record`).
 """
 from .checks import real
 
 
+class SGDState:
+    """The optimizer's state: one (vW, vb) velocity pair per layer, or None
+    per layer without momentum.  `arrays()` / `load(arrays)` are what a
+    checkpoint saves and restores."""
+
+    def __init__(self, velocities):
+        self.velocities = velocities
+
+    def arrays(self):
+        """{"vW0": ..., "vb0": ..., ...}: the arrays there are (none without momentum)."""
+        out = {}
+        for i, (vW, vb) in enumerate(self.velocities):
+            if vW is not None:
+                out[f"vW{i}"], out[f"vb{i}"] = vW, vb
+        return out
+
+    def load(self, arrays):
+        """Copy `arrays` (as from arrays(), NumPy or device) into the state in place."""
+        for name, v in self.arrays().items():
+            v[...] = _like(v, arrays[name])
+
+    def copy(self):
+        return SGDState([tuple(None if v is None else v.copy() for v in pair)
+                         for pair in self.velocities])
+
+    def fits(self, params):
+        """True if this state has the shapes and dtypes of `params`."""
+        if len(self.velocities) != len(params):
+            return False
+        for (W, b), (vW, vb) in zip(params, self.velocities):
+            if vW is not None and (vW.shape != W.shape or vb.shape != b.shape
+                                   or vW.dtype != W.dtype or type(vW) is not type(W)):
+                return False
+        return True
+
+
+def _like(v, array):
+    """`array` as an array of v's module (NumPy or CuPy) and dtype."""
+    xp = _xp(v)
+    return xp.asarray(array, dtype=v.dtype)
+
+
+def _xp(array):
+    import numpy as np
+
+    module = type(array).__module__.split(".")[0]
+    if module == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
 class SGD:
     def __init__(self, lr=0.1, momentum=0.0, weight_decay=0.0):
-        self.lr = real("lr", lr, low=0.0, low_open=True)
-        self.momentum = real("momentum", momentum, low=0.0, high=1.0, high_open=True)
-        self.weight_decay = real("weight_decay", weight_decay, low=0.0)
-        self.velocities = None
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.check()
 
-    def init_state(self, net):
-        """Zero velocities (vW, vb) for each layer of `net` (None without momentum)."""
-        xp = net.device.xp
-        self.velocities = [(xp.zeros_like(W), xp.zeros_like(b)) if self.momentum else (None, None)
-                           for W, b in net.params]
-        return self.velocities
+    def check(self):
+        """Re-check the hyperparameters (they are plain attributes a user may
+        change between fits); raises ValueError/TypeError naming the one."""
+        self.lr = real("lr", self.lr, low=0.0, low_open=True)
+        self.momentum = real("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        self.weight_decay = real("weight_decay", self.weight_decay, low=0.0)
 
-    def update(self, net, a, deltas, scale):
-        """One step on every layer from activations a, deltas and the batch scale."""
-        if self.velocities is None:
-            self.init_state(net)
-        for (W, b), (vW, vb), delta, a_prev in zip(net.params, self.velocities, deltas, a):
-            net.backend.sgd_step(W, b, delta, a_prev, scale, self.lr, self.momentum,
-                                 self.weight_decay, vW, vb)
+    def init_state(self, params):
+        """A fresh SGDState for `params` [(W, b), ...]: zero velocities with momentum."""
+        return SGDState([(_xp(W).zeros_like(W), _xp(b).zeros_like(b)) if self.momentum
+                         else (None, None) for W, b in params])
+
+    def state_fits(self, state, params):
+        """True if `state` was made by init_state for params of these shapes."""
+        if state is None or not state.fits(params):
+            return False
+        return all((vW is not None) == bool(self.momentum) for vW, _ in state.velocities)
+
+    def step(self, params, grads, state):
+        """One update of every parameter in place, from grads [(dW, db), ...].
+        The gradients may be overwritten (they are the step's scratch)."""
+        lr, mu, wd = self.lr, self.momentum, self.weight_decay
+        for (W, b), (dW, db), (vW, vb) in zip(params, grads, state.velocities):
+            for p, g, v in ((W, dW, vW), (b, db, vb)):
+                if wd:
+                    g += wd * p                   # g = dC/dp + wd p
+                if mu:
+                    v *= mu                       # v = mu v + g
+                    v += g
+                    g = v
+                p -= lr * g                       # p = p - lr v
+
+    def fused_record(self):
+        """(lr, momentum, weight_decay) when this optimizer's step is exactly
+        SGD.step, so a backend's fused fast path may run it; None for a
+        subclass with its own step."""
+        if type(self).step is not SGD.step:
+            return None
+        return self.lr, self.momentum, self.weight_decay
 
     def config(self):
         return {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay}

@@ -1,15 +1,20 @@
 """Backends: one file each, behind the small contract of base.py.
 
     numpy  the reference (CPU)                    backends/numpy_backend.py
-    numba  CPU: Numba-compiled fused SGD epochs    backends/numba_cpu.py
+    numba  CPU: a Numba-compiled SGD epoch        backends/numba_cpu.py
            GPU: the kernels written in numba.cuda  backends/numba_cuda.py
     cupy   GPU: cuBLAS + fused element-wise        backends/cupy_backend.py
     cuda   GPU: hand-written CUDA C kernels        backends/cuda_backend.py
     fused  GPU: the whole narrow MLP in one kernel  backends/fused_backend.py
-    auto   the fastest correct one for the device
+    auto   the fastest correct one for the device (the rule: AUTO below)
 
-Modules are imported only when their backend is asked for, so a missing
-optional dependency (CuPy, numba's CUDA target) only affects that backend.
+The cuda and fused backends also run on the "cuda-emulator" device (the same
+CUDA C, compiled for the CPU).  Modules are imported only when their backend
+is asked for, so a missing optional dependency (CuPy, numba's CUDA target)
+only affects that backend.  Options are arguments of the backend's class,
+passed as `MLP(..., backend="cuda", backend_options={"tf32": True})`.
+
+Adding a backend is adding a file and one line per device kind to REGISTRY.
 """
 import importlib
 
@@ -17,66 +22,73 @@ from ..checks import choice
 
 NAMES = ("auto", "numpy", "numba", "cupy", "cuda", "fused")
 
-# (name, device kind) -> "module:Class"
-_REGISTRY = {
+#: (name, device kind) -> "module:Class"
+REGISTRY = {
     ("numpy", "cpu"): "numpy_backend:NumpyBackend",
     ("numba", "cpu"): "numba_cpu:NumbaCPUBackend",
     ("numba", "cuda"): "numba_cuda:NumbaCudaBackend",
     ("cupy", "cuda"): "cupy_backend:CupyBackend",
     ("cuda", "cuda"): "cuda_backend:CudaBackend",
     ("fused", "cuda"): "fused_backend:FusedBackend",
+    ("cuda", "cuda-emulator"): "cuda_backend:CudaBackend",
+    ("fused", "cuda-emulator"): "fused_backend:FusedBackend",
 }
-# preference order for "auto", fastest first.  "fused" joins the GPU list once
-# it has been measured on hardware (see bench/RESULTS.md and kernels/FUSED.md).
-_AUTO = {"cpu": ("numba", "numpy"), "cuda": ("cuda", "cupy", "numba")}
 
-_default = "auto"
-
-
-def set_backend(name):
-    """Set the backend used by networks created without an explicit one."""
-    global _default
-    _default = choice("backend", name, NAMES)
-
-
-def get_backend():
-    """The default backend name (see set_backend)."""
-    return _default
+#: what "auto" picks, first usable wins.  The rule, and why:
+#:  cpu: the compiled epoch (numba) beats the NumPy loop in every regime of
+#:       bench/RESULTS.md; NumPy when numba is missing.
+#:  cuda: cupy first until a GPU has measured the hand-written kernels: its
+#:       slowest step is a cuBLAS GEMM, which uses the whole GPU at any shape.
+#:  cuda-emulator: the CUDA C kernels are what the device exists to run.
+AUTO = {"cpu": ("numba", "numpy"), "cuda": ("cupy", "cuda", "numba"),
+        "cuda-emulator": ("cuda",)}
 
 
 def _load(name, kind):
-    module, cls = _REGISTRY[(name, kind)].split(":")
+    module, cls = REGISTRY[(name, kind)].split(":")
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 
 
 def unavailable_reason(name, device):
     """None if backend `name` can run on `device`, else a sentence saying why not."""
-    if (name, device.kind) not in _REGISTRY:
-        kinds = sorted(k for n, k in _REGISTRY if n == name)
+    if (name, device.kind) not in REGISTRY:
+        kinds = sorted(k for n, k in REGISTRY if n == name)
         return f"backend {name!r} runs on {' or '.join(kinds)} devices, not on {device}"
     try:
         cls = _load(name, device.kind)
     except Exception as exc:  # missing optional dependency
         return f"backend {name!r} could not be loaded: {exc}"
-    check = getattr(cls, "unavailable_reason", None)
-    return check() if check else None
+    return cls.unavailable_reason(device)
 
 
-def create(name, device):
-    """A backend instance for `device`; "auto" (or None: the default) picks one."""
-    name = choice("backend", _default if name is None else name, NAMES)
+def create(name, device, options=None):
+    """A backend instance for `device`; "auto" (or None) picks one by AUTO.
+    `options` (a dict) are keyword arguments of the backend's class."""
+    name = choice("backend", "auto" if name is None else name, NAMES)
+    if options is not None and not isinstance(options, dict):
+        raise TypeError(f"backend_options must be a dict of keyword arguments; "
+                        f"got {type(options).__name__}")
     if name == "auto":
-        for candidate in _AUTO[device.kind]:
+        for candidate in AUTO[device.kind]:
             if unavailable_reason(candidate, device) is None:
-                return _load(candidate, device.kind)(device)
-        raise RuntimeError(f"no backend can run on {device}")
+                name = candidate
+                break
+        else:
+            raise RuntimeError(f"no backend can run on {device}: "
+                               + "; ".join(f"{n}: {unavailable_reason(n, device)}"
+                                           for n in AUTO[device.kind]))
     reason = unavailable_reason(name, device)
     if reason is not None:
         raise ValueError(reason) if "runs on" in reason else RuntimeError(reason)
-    return _load(name, device.kind)(device)
+    cls = _load(name, device.kind)
+    try:
+        return cls(device, **(options or {}))
+    except TypeError as exc:
+        raise TypeError(f"backend_options {options!r} do not fit backend {name!r}: {exc}") \
+            from None
 
 
 def available(device):
     """{backend name: None if usable on device, else the reason}."""
     return {n: unavailable_reason(n, device) for n in NAMES[1:]
-            if (n, device.kind) in _REGISTRY}
+            if (n, device.kind) in REGISTRY}

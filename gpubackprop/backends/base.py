@@ -1,9 +1,9 @@
-"""The backend contract: the few ops that backpropagation is made of.
+"""The backend contract: `xp` plus the four ops backpropagation is made of.
 
-A backend owns the array module (`xp`: numpy or cupy) and implements the hot
-steps of one SGD step on batch-major arrays.  Layers, the network and the
-trainer only ever call these ops, so a new backend slots in without touching
-them.  Shapes, with B = batch size:
+A backend owns the array module (`xp`: numpy, or cupy on a GPU) and the four
+ops of SPEC section 1 on batch-major arrays.  It never sees a network, a
+trainer or an optimizer: the mini-batch loop lives once, in trainer.py, and
+the update in optim.py.  Shapes, with B = batch size:
 
     a_prev (B, n_in)   W (n_out, n_in)   b (n_out,)   a, delta (B, n_out)
 
@@ -11,110 +11,171 @@ them.  Shapes, with B = batch size:
     output_delta       delta_L = dC0/da * sigma'(z_L)  (softmax + cross entropy: a - y)
     delta_propagate    delta_prev = (delta @ W) * sigma'(z_prev)
     weight_gradient    dW = scale * delta.T @ a_prev,  db = scale * delta.sum(0)
-    sgd_step           the weight gradient fused with the SGD update (momentum,
-                       weight decay), so dW need not be written to memory.
 
 `delta` is the per-example error; the batch reduction lives in `scale`
 (1/B for reduction="mean", 1 for "sum").  sigma'(z) is computed from the
-activation output `a` (see activations.py), so forward keeps only `a`.
-The reference implementation is backends/numpy_backend.py.
+activation output `a` (activations.py), so forward keeps only `a`.
+
+This base class implements the four ops with `xp` (the reference formulas:
+the `numpy` backend is exactly this class); a backend overrides the ops it
+runs faster.  Declared, optional parts of the contract:
+
+    unavailable_reason(device)   None if the backend can run there, else why not
+    check_network(sizes, activations, dtype)   refuse a network it cannot train
+    train_epoch(params, state, X, Y, order, hyper)   one fused fast path for a
+        run of SGD steps, giving the loop's numbers; `fuses(hyper)` says when
+        it applies (the trainer runs its own loop otherwise)
 """
+import dataclasses
+
+from .. import activations
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyper:
+    """The frozen record a fast path gets: what one SGD step does.
+
+    activations: one name per layer; loss: a losses.Loss (name, reduction);
+    batch_size: rows per step (the last step of an epoch may have fewer);
+    lr, momentum, weight_decay: plain SGD as optim.SGD (PyTorch's convention).
+    """
+    activations: tuple
+    loss: object
+    batch_size: int
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    def scale(self, batch, n_out):
+        """The factor turning a sum over `batch` examples into the batch gradient."""
+        return self.loss.scale(batch, n_out)
 
 
 class Backend:
-    """Base class; subclasses set `name` and implement the ops."""
+    """Base class and reference implementation; subclasses set `name` and
+    `device_kinds` and override the ops they run faster."""
 
     name = "base"
-    #: device kinds this backend runs on ("cpu" or "cuda")
-    device_kind = "cpu"
+    #: device kinds this backend runs on ("cpu", "cuda", "cuda-emulator")
+    device_kinds = ("cpu",)
 
     def __init__(self, device):
         self.device = device
         self.xp = device.xp
 
-    # -- the contract ---------------------------------------------------
+    @classmethod
+    def unavailable_reason(cls, device):
+        """None if this backend can run on `device`, else a sentence saying why not."""
+        return None
+
+    def check_network(self, sizes, activations, dtype):
+        """Raise ValueError if this backend cannot train a network with layer
+        `sizes`, per-layer `activations` and `dtype`; the default takes any."""
+
+    # -- the four ops ----------------------------------------------------------
     def dense_forward(self, a_prev, W, b, activation, out=None):
         """a = sigma(a_prev @ W.T + b); writes into `out` (B, n_out) if given."""
-        raise NotImplementedError
+        xp = self.xp
+        z = xp.matmul(a_prev, W.T, out=out)        # z = a_prev @ W.T
+        z += b                                       #     + b
+        return activations.apply(activation, z, xp, out=z)   # a = sigma(z), in place
 
     def output_delta(self, a, y, loss, activation, out=None):
         """Per-example output error delta_L (B, n_out) for `loss` (a losses.Loss)."""
-        raise NotImplementedError
+        xp = self.xp
+        if loss.name == "cross_entropy":
+            delta = loss.probabilities(a, activation, xp) - y    # softmax(z) - y
+        else:
+            delta = activations.backprop(activation, loss.dC0_da(a, y), a, xp)
+        if out is None:
+            return delta
+        out[...] = delta
+        return out
 
     def delta_propagate(self, delta, W, a_prev, activation, out=None):
         """delta_prev = (delta @ W) * sigma'(z_prev), sigma' taken from a_prev."""
-        raise NotImplementedError
+        xp = self.xp
+        g = xp.matmul(delta, W, out=out)            # delta @ W
+        if activation != "identity":
+            g *= activations.derivative(activation, a_prev, xp)   # * sigma'(z_prev)
+        return g
 
     def weight_gradient(self, delta, a_prev, scale, dW=None, db=None):
-        """(dW, db) = (scale * delta.T @ a_prev, scale * delta.sum(0))."""
-        raise NotImplementedError
+        """(dW, db) = (scale * delta.T @ a_prev, scale * delta.sum(0)), into
+        dW (n_out, n_in) and db (n_out,) when given."""
+        xp = self.xp
+        dW = xp.matmul(delta.T, a_prev, out=dW)     # sum over the batch of outer products
+        dW *= scale
+        db = xp.sum(delta, axis=0, out=db)
+        db *= scale
+        return dW, db
 
-    def sgd_step(self, W, b, delta, a_prev, scale, lr, momentum=0.0,
-                 weight_decay=0.0, vW=None, vb=None):
-        """In place: g = scale * delta.T @ a_prev + weight_decay * W (same for b),
-        then v = momentum * v + g; W -= lr * v  (PyTorch's SGD convention;
-        without momentum W -= lr * g)."""
-        raise NotImplementedError
+    # -- composed from the ops: one forward and one backward pass ------------------
+    def feedforward(self, params, acts, x, out=None):
+        """[a_0 = x, a_1, ..., a_L]: every layer's activation; `out` (optional)
+        holds preallocated (B, n_l) buffers for a_1..a_L."""
+        a = [x]
+        for l, ((W, b), act) in enumerate(zip(params, acts)):
+            a.append(self.dense_forward(a[l], W, b, act, out=None if out is None else out[l]))
+        return a
+
+    def backward(self, params, acts, a, y, loss, out=None):
+        """[delta_1, ..., delta_L] from feedforward's `a` and targets `y`: the
+        output error, then delta_{l-1} = (delta_l @ W_l) * sigma'(z_{l-1})."""
+        L = len(params)
+        delta = [None] * L
+        delta[-1] = self.output_delta(a[-1], y, loss, acts[-1],
+                                      out=None if out is None else out[-1])
+        for l in range(L - 1, 0, -1):
+            delta[l - 1] = self.delta_propagate(delta[l], params[l][0], a[l], acts[l - 1],
+                                                out=None if out is None else out[l - 1])
+        return delta
+
+    # -- the one optional fast path ------------------------------------------------
+    def fuses(self, hyper):
+        """True if train_epoch can run the steps `hyper` describes (the default
+        backend has no fast path: the trainer's loop runs)."""
+        return False
+
+    def train_epoch(self, params, state, X, Y, order, hyper):
+        """SGD steps over the batches order[0:bs], order[bs:2bs], ... (the last
+        may be smaller), fusing the gradient with the update in place on
+        `params` [(W, b)] and `state` (optim.SGDState: velocities).
+
+        Returns device values (step_costs, n_correct, bad_step) exactly as the
+        trainer's loop: each step's sum of per-example costs C0 before its
+        update, the rows with argmax(a) == argmax(y), and the first step whose
+        cost was not finite (-1 if none).  Only called when fuses(hyper)."""
+        raise NotImplementedError(f"backend {self.name!r} has no fused fast path")
+
+    def workspace(self, sizes, batch_size, dtype):
+        """The Workspace for `sizes` and `batch_size`, made on first use."""
+        key = (tuple(sizes), batch_size, str(dtype))
+        cache = self.__dict__.setdefault("_workspaces", {})
+        if key not in cache:
+            cache.clear()          # one network shape at a time: free the old buffers
+            cache[key] = Workspace(self.xp, sizes, batch_size, dtype)
+        return cache[key]
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.name} on {self.device}>"
 
-    # -- a run of SGD steps (backends may replace it with a fused one) -------
-    def train_steps(self, net, X, Y, order, batch_size, loss, optimizer):
-        """SGD steps over the batches order[0:bs], order[bs:2bs], ... (the last
-        may be smaller), with the ops above, in buffers allocated once per
-        (network, batch size).
-
-        Returns device values (step_costs, n_correct, bad_step): for each step
-        the sum of its per-example costs C0 before its update, how many rows had
-        argmax(a) == argmax(y), and the first step whose cost was not finite
-        (-1 if none).  Nothing here waits on the device.
-        """
-        xp = self.xp
-        ws = self.workspace(net, batch_size, X.dtype)
-        n_steps = -(-len(order) // batch_size)
-        step_cost = xp.empty(n_steps, dtype=X.dtype)
-        n_correct = xp.zeros((), dtype=xp.int64)
-        L = net.layers
-        for s in range(n_steps):
-            idx = order[s * batch_size:(s + 1) * batch_size]
-            B = len(idx)
-            # gather the mini-batch into the workspace
-            a = [xp.take(X, idx, axis=0, out=ws.a[0][:B])]
-            y = xp.take(Y, idx, axis=0, out=ws.y[:B])
-            # forward: a_l = sigma(a_{l-1} @ W.T + b), keeping every a_l
-            for l, layer in enumerate(L):
-                W, b = layer.params
-                a.append(self.dense_forward(a[l], W, b, layer.activation, out=ws.a[l + 1][:B]))
-            step_cost[s] = loss.total(a[-1], y, L[-1].activation, xp)
-            n_correct += (a[-1].argmax(axis=1) == y.argmax(axis=1)).sum()
-            # backward: delta_L, then delta_{l-1} = (delta_l @ W_l) * sigma'(z_{l-1})
-            delta = [None] * len(L)
-            delta[-1] = self.output_delta(a[-1], y, loss, L[-1].activation, out=ws.delta[-1][:B])
-            for l in range(len(L) - 1, 0, -1):
-                delta[l - 1] = self.delta_propagate(delta[l], L[l].params[0], a[l],
-                                                    L[l - 1].activation, out=ws.delta[l - 1][:B])
-            optimizer.update(net, a, delta, loss.scale(B, net.n_out))
-        finite = xp.isfinite(step_cost)
-        bad_step = xp.where(finite.all(), -1, xp.argmin(finite))
-        return step_cost, n_correct, bad_step
-
-    def workspace(self, net, batch_size, dtype):
-        """The Workspace of `net` for `batch_size`, made on first use."""
-        key = (tuple(net.sizes), batch_size, str(dtype))
-        cache = self.__dict__.setdefault("_workspaces", {})
-        if key not in cache:
-            cache.clear()          # one network shape at a time: free the old buffers
-            cache[key] = Workspace(self.xp, net.sizes, batch_size, dtype)
-        return cache[key]
-
 
 class Workspace:
-    """The arrays of one SGD step, allocated once: the mini-batch x = a[0]
-    and targets y, each layer's activations a[l] (B, n_l) and deltas
-    delta[l] (B, n_{l+1}).  A smaller last batch uses the first rows."""
+    """The arrays of one SGD step, allocated once: the mini-batch x and
+    targets y, each layer's activations a[l] (B, n_{l+1}), deltas delta[l]
+    (B, n_{l+1}) and gradients grads[l] = (dW, db).  A smaller last batch
+    uses the first rows."""
 
     def __init__(self, xp, sizes, batch_size, dtype):
-        self.a = [xp.empty((batch_size, n), dtype=dtype) for n in sizes]
+        self.x = xp.empty((batch_size, sizes[0]), dtype=dtype)
         self.y = xp.empty((batch_size, sizes[-1]), dtype=dtype)
+        self.a = [xp.empty((batch_size, n), dtype=dtype) for n in sizes[1:]]
         self.delta = [xp.empty((batch_size, n), dtype=dtype) for n in sizes[1:]]
+        self.grads = [(xp.empty((n_out, n_in), dtype=dtype), xp.empty(n_out, dtype=dtype))
+                      for n_in, n_out in zip(sizes, sizes[1:])]
+
+    def rows(self, B):
+        """Views of the first B rows: (x, y, a list, delta list)."""
+        return (self.x[:B], self.y[:B], [a[:B] for a in self.a],
+                [d[:B] for d in self.delta])
