@@ -1,50 +1,71 @@
-"""Files: .npz archives of arrays plus a JSON metadata record.
+"""Files: safetensors, the format PyTorch, JAX and Hugging Face users load.
 
-Writes are atomic (temporary file in the same folder, flush, fsync,
-os.replace), so a crash mid-write never leaves a half-written file where a
-good one was.  Reads never unpickle (allow_pickle=False), accept only plain
-numeric arrays, and check the metadata strictly (types and values) before
-anything is used: these files may come from anywhere.
+A file holds named tensors (W0, b0, W1, b1, ... for a network) and a map of
+string metadata (safetensors' ``__metadata__``): the format name, its
+version and, as JSON strings, whatever else the format needs.  Such a file
+loads anywhere safetensors does::
+
+    safetensors.torch.load_file("net.safetensors")   # {"W0": tensor, "b0": ...}
+    safetensors.numpy.load_file("net.safetensors")   # the same as NumPy arrays
+
+Writes are atomic (temporary file in the same folder, fsync, os.replace) and
+honour the umask.  Reads never unpickle and trust nothing: the header's
+length is bounded before it is read, safetensors checks that the tensors'
+offsets tile the data exactly (so no tensor can claim more bytes than the
+file holds), and the metadata and arrays are checked here before use.
 """
 import glob
 import json
-import math
 import numbers
 import os
-import tempfile
-import zipfile
+import secrets
 
 import numpy as np
 
-META_KEY = "__meta__"
 NETWORK_FORMAT = "gpubackprop.mlp"
-#: the file format versions this package reads, per format tag
-VERSIONS = {NETWORK_FORMAT: 1, "gpubackprop.checkpoint": 1}
+#: the one version of the network file format (2: safetensors; 1 was .npz)
+NETWORK_VERSION = 2
+#: the largest JSON header read (safetensors' own limit is 100 MB)
+MAX_HEADER_BYTES = 16 << 20
+#: the tensor dtypes gpubackprop writes, as safetensors names them
+DTYPES = {"F32": np.float32, "F64": np.float64}
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
-def _temp_prefix(path):
-    return "." + os.path.basename(path) + ".tmp-"
+# -- writing ------------------------------------------------------------------------
+def encode_meta(meta):
+    """{key: value} -> {key: str}: strings as they are, anything else as JSON."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
 
 
-def save_npz(path, arrays, meta):
-    """Write {name: array} and the JSON-able dict `meta` to `path` atomically.
+def save_file(path, arrays, meta):
+    """Write {name: float array} and the metadata `meta` ({key: str or
+    JSON-able}) to `path` as safetensors, atomically.
 
-    The data go to a temporary file next to `path` (same file system), which
-    is flushed, fsynced and then renamed over `path`; on any error the
-    temporary file is removed and `path` is left as it was.
+    The bytes go to a temporary file next to `path` (same file system,
+    created with the umask's permissions), which is flushed, fsynced and
+    renamed over `path`; on any error the temporary file is removed and
+    `path` is left as it was.
     """
+    from safetensors.numpy import save
+
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"cannot write {path!r}: folder {folder!r} does not exist")
+    tensors = {}
     for name, value in arrays.items():
-        if name == META_KEY or np.asarray(value).dtype.kind not in "fiub":
-            raise TypeError(f"cannot save array {name!r}: only numeric arrays are written")
-    encoded = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".npz", dir=folder)
+        value = np.asarray(value)
+        if value.dtype not in (np.float32, np.float64) or name == "__metadata__":
+            raise TypeError(f"cannot save array {name!r} ({value.dtype}): only float32 and "
+                            "float64 arrays are written")
+        tensors[name] = np.ascontiguousarray(value)
+    data = save(tensors, metadata=encode_meta(meta))
+    tmp = os.path.join(folder, _temp_prefix(path) + secrets.token_hex(6))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # the umask applies
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays, **{META_KEY: encoded})
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -55,12 +76,16 @@ def save_npz(path, arrays, meta):
     _fsync_dir(folder)
 
 
+def _temp_prefix(path):
+    return "." + os.path.basename(path) + ".tmp-"
+
+
 def remove_stale_temps(path):
     """Delete temporary files that an earlier writer of `path` left behind
     when it was killed mid-write (SIGKILL, power loss); returns their names."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    pattern = os.path.join(glob.escape(folder), glob.escape(_temp_prefix(path)) + "*.npz")
+    pattern = os.path.join(glob.escape(folder), glob.escape(_temp_prefix(path)) + "*")
     removed = []
     for stale in glob.glob(pattern):
         try:
@@ -84,85 +109,75 @@ def _fsync_dir(folder):
         os.close(fd)
 
 
-def load_npz(path, expected_format):
-    """({name: array}, meta) from a file written by save_npz; ValueError if the
-    file is truncated, corrupted, not ours, of another format or of a version
-    this package does not read.  Network files ("gpubackprop.mlp") are also
-    checked against their metadata (see check_network)."""
+# -- reading ------------------------------------------------------------------------
+def load_file(path, expected_format, expected_version, json_keys=()):
+    """({name: array}, meta) from a file written by save_file.
+
+    ValueError naming `path` if the file is not safetensors (an old .npz
+    says so), truncated, corrupted, of another format or version, or holds
+    tensors of another dtype.  meta maps each key to its string, except the
+    keys in `json_keys` (and "version"), which are decoded from JSON.
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path}")
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if head.startswith(_ZIP_MAGIC):
+            raise ValueError(f"{path}: this is an .npz archive, the file format of "
+                             "gpubackprop 0.1; files are safetensors now (load it with "
+                             "gpubackprop 0.1 and save it again with this version)")
+        if len(head) < 8:
+            raise ValueError(f"{path}: not a safetensors file (only {size} bytes)")
+        n_header = int.from_bytes(head, "little")
+        if n_header > MAX_HEADER_BYTES or n_header > size - 8:
+            raise ValueError(f"{path}: not a readable safetensors file (the header claims "
+                             f"{n_header} bytes; the file has {size}, the limit is "
+                             f"{MAX_HEADER_BYTES})")
+        data = head + f.read(size - 8)       # bounded by the file's size
     try:
-        _check_members(path)
-        with open(path, "rb") as f:
-            archive = np.load(f, allow_pickle=False)
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise ValueError("it holds a single array, not an .npz archive")
-            with archive:
-                arrays = {name: archive[name] for name in archive.files}
-    except MemoryError:
-        raise
-    except Exception as exc:  # BadZipFile, zlib.error, EOFError, ValueError (pickles), ...
-        raise ValueError(f"{path}: not a readable .npz file "
+        header = json.loads(data[8:8 + n_header])
+        arrays = load(data)
+    except (SafetensorError, ValueError, RecursionError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable safetensors file "
                          f"({type(exc).__name__}: {exc})") from None
-    raw = arrays.pop(META_KEY, None)
-    if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
-        raise ValueError(f"{path}: no gpubackprop metadata found in the file")
-    try:
-        meta = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ValueError(f"{path}: metadata is not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != expected_format:
-        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise ValueError(f"{path}: expected a {expected_format!r} file; got format {got!r}")
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: no gpubackprop metadata in the file")
+    if meta.get("format") != expected_format:
+        raise ValueError(f"{path}: expected a {expected_format!r} file; got format "
+                         f"{meta.get('format')!r}")
     for name, value in arrays.items():
-        if value.dtype.kind not in "fiub" or value.dtype.byteorder not in "=|<>":
-            raise ValueError(f"{path}: array {name!r} has dtype {value.dtype}; "
-                             "only numeric arrays are allowed")
-    check_version(path, meta, expected_format)
-    if expected_format == NETWORK_FORMAT:
-        check_network(path, meta, arrays)
+        if value.dtype not in DTYPES.values():
+            raise ValueError(f"{path}: tensor {name!r} has dtype {value.dtype}; only "
+                             "float32 and float64 tensors are allowed")
+    meta = dict(meta)
+    for key in {"version", *json_keys}:
+        if key in meta:
+            meta[key] = _json(path, key, meta[key])
+    check_version(path, meta, expected_format, expected_version)
     return arrays, meta
 
 
-def _check_members(path):
-    """Before numpy allocates anything: every member of the archive is stored
-    uncompressed (as save_npz writes them) and its .npy header claims no more
-    bytes than the member holds, so a forged header cannot make the reader
-    allocate more memory than the file's size."""
-    size = os.path.getsize(path)
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            if info.compress_type != zipfile.ZIP_STORED:
-                raise ValueError(f"member {info.filename!r} is compressed; "
-                                 "gpubackprop writes stored members only")
-            if info.file_size > size:
-                raise ValueError(f"member {info.filename!r} claims {info.file_size} bytes, "
-                                 f"more than the file's {size}")
-            with archive.open(info) as member:
-                version = np.lib.format.read_magic(member)
-                read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                               (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-                if read_header is None:
-                    raise ValueError(f"member {info.filename!r}: .npy version {version}")
-                shape, _, dtype = read_header(member)
-                if dtype.hasobject:
-                    raise ValueError(f"member {info.filename!r} holds Python objects")
-                nbytes = math.prod(shape) * dtype.itemsize
-                if nbytes > info.file_size:
-                    raise ValueError(f"member {info.filename!r} claims {nbytes} bytes of "
-                                     f"data but holds {info.file_size}")
+def _json(path, key, text):
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"{path}: metadata {key!r} is not valid JSON ({exc})") from None
 
 
-def check_version(path, meta, expected_format):
-    """The metadata's 'version' must be an int this package reads."""
+def check_version(path, meta, expected_format, expected_version):
+    """The metadata's 'version' must be the integer this package reads."""
     version = meta.get("version")
-    wanted = VERSIONS.get(expected_format)
     if not is_int(version):
         raise ValueError(f"{path}: invalid file: 'version' must be an integer; got {version!r}")
-    if wanted is not None and version != wanted:
+    if version != expected_version:
         raise ValueError(f"{path}: file version {version} of {expected_format!r} is not "
-                         f"supported (this gpubackprop reads version {wanted})")
+                         f"supported (this gpubackprop reads version {expected_version})")
 
 
 def is_int(value):
@@ -174,14 +189,51 @@ def is_real(value):
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+# -- networks -------------------------------------------------------------------------
+def network_meta(net):
+    """The network's metadata record: format, version, sizes, activations, dtype."""
+    from . import __version__
+
+    return {"format": NETWORK_FORMAT, "version": NETWORK_VERSION, "gpubackprop": __version__,
+            "sizes": net.sizes, "activations": [layer.activation for layer in net.layers],
+            "dtype": net.dtype}
+
+
+def network_arrays(net):
+    """{"W0": ..., "b0": ..., ...} as NumPy arrays."""
+    out = {}
+    for i, layer in enumerate(net.layers):
+        out[f"W{i}"], out[f"b{i}"] = layer.W.numpy(), layer.b.numpy()
+    return out
+
+
+def save_network(net, path):
+    """net.save(path): W0, b0, ... and the network's metadata, atomically."""
+    save_file(path, network_arrays(net), network_meta(net))
+
+
+def load_network(path, device="cpu", backend=None):
+    """gb.load(path): the network saved by save_network, checked first."""
+    from .layers import Dense
+    from .network import MLP
+
+    arrays, meta = load_file(path, NETWORK_FORMAT, NETWORK_VERSION,
+                             json_keys=("sizes", "activations"))
+    check_network(path, meta, arrays)
+    sizes, acts = meta["sizes"], meta["activations"]
+    layers = [Dense(n_in, n_out, act, W=arrays[f"W{i}"], b=arrays[f"b{i}"])
+              for i, (n_in, n_out, act) in enumerate(zip(sizes, sizes[1:], acts))]
+    return MLP(layers, device=device, dtype=meta["dtype"], backend=backend)
+
+
 def check_network(path, meta, arrays, prefix=""):
     """Check a network's metadata strictly and the arrays W0, b0, ... against it.
 
     meta: {"sizes": [n_0, ..., n_L] positive ints, "activations": L known
     names (softmax only last), "dtype": "float32" | "float64"}; arrays must
     hold W{i} (n_{i+1}, n_i) and b{i} (n_{i+1},) of that dtype, finite.
-    Extra arrays are refused unless their names are in `arrays` minus the
-    ones checked here (the caller checks the rest).  Raises ValueError.
+    With no prefix (a network file) any other array is refused; with one
+    (a network inside a checkpoint) the caller checks the rest.  ValueError.
     """
     from .activations import NAMES
 
