@@ -8,7 +8,7 @@
 __version__ = "0.1.0"
 
 from . import data, explain, memory
-from .backends import get_backend, set_backend
+from . import backends
 from .device import Device, available_devices, device, transfers
 from .gradcheck import gradcheck
 from .layers import Dense
@@ -17,8 +17,9 @@ from .memory import DeviceOutOfMemory
 from .network import MLP, load
 from .optim import SGD
 from .tensor import Tensor
-from .trainer import History, Trainer, TrainingDiverged
+from .history import History, TrainingDiverged
+from .trainer import Trainer
 
 __all__ = ["Dense", "Device", "DeviceOutOfMemory", "History", "Loss", "MLP", "SGD", "Tensor", "Trainer",
-           "TrainingDiverged", "available_devices", "data", "device", "explain", "get_backend",
-           "gradcheck", "load", "memory", "set_backend", "transfers"]
+           "TrainingDiverged", "available_devices", "data", "device", "explain", "backends",
+           "gradcheck", "load", "memory", "transfers"]

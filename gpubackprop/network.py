@@ -7,33 +7,33 @@ from .checks import dtype_name, positive_int
 from .device import device as get_device, to_host
 from .layers import Dense
 
-FORMAT = "gpubackprop.mlp"
-FORMAT_VERSION = 1
-
 
 class MLP:
     """A multilayer perceptron.
 
     net = MLP([Dense(784, 30, "sigmoid"), Dense(30, 10, "sigmoid")],
               device="cpu", dtype="float64", backend="auto", seed=0)
+
+    backend: "auto" (the default), "numpy", "numba", "cupy", "cuda" or "fused"
+    (gpubackprop.backends); backend_options: keyword arguments of the
+    backend's class, e.g. {"tf32": True} for "cuda".
     """
 
-    def __init__(self, layers, device="cpu", dtype="float64", backend=None, seed=0):
+    def __init__(self, layers, device="cpu", dtype="float64", backend="auto", seed=0,
+                 backend_options=None):
         self.layers = _check_layers(layers)
         self.device = get_device(device)
         self.dtype = dtype_name("dtype", dtype)
         positive_int("seed", seed, minimum=0)
-        self._backend_request = backend
-        self.backend = backends.create(backend, self.device)
+        self._backend_request = (backend, backend_options)
+        self.backend = backends.create(backend, self.device, backend_options)
         rng = np.random.default_rng(seed)
         for layer in self.layers:
             if layer.W is None:
                 layer._materialize(self.device, self.dtype, rng)
             else:  # a layer reused from another network: bring it here
                 layer.W, layer.b = (t.to(self.device) for t in (layer.W, layer.b))
-        check = getattr(self.backend, "check", None)
-        if check is not None:   # a backend that takes only some networks (fused)
-            check(self)
+        self.backend.check_network(self.sizes, self.activations, self.dtype)
 
     @classmethod
     def from_sizes(cls, sizes, activation="sigmoid", output_activation=None, **kwargs):
@@ -63,6 +63,11 @@ class MLP:
         return self.layers[-1].n_out
 
     @property
+    def activations(self):
+        """[sigma of layer 1, ..., sigma of layer L] (names)."""
+        return [layer.activation for layer in self.layers]
+
+    @property
     def params(self):
         """[(W, b), ...] as device arrays."""
         return [layer.params for layer in self.layers]
@@ -76,23 +81,12 @@ class MLP:
 
     def feedforward(self, X):
         """Every layer's activation [a_0 = X, a_1, ..., a_L] for checked input X."""
-        a = [X]
-        for layer in self.layers:
-            W, b = layer.params
-            a.append(self.backend.dense_forward(a[-1], W, b, layer.activation))
-        return a
+        return self.backend.feedforward(self.params, self.activations, X)
 
     def backward(self, a, Y, loss):
         """Per-example deltas [delta_1, ..., delta_L] from the activations of
         feedforward and targets Y (the chain rule, from the output back)."""
-        L = self.layers
-        delta = self.backend.output_delta(a[-1], Y, loss, L[-1].activation)
-        deltas = [delta]
-        for l in range(len(L) - 1, 0, -1):
-            W, _ = L[l].params
-            delta = self.backend.delta_propagate(delta, W, a[l], L[l - 1].activation)
-            deltas.append(delta)
-        return deltas[::-1]
+        return self.backend.backward(self.params, self.activations, a, Y, loss)
 
     def forward(self, X):
         """The network's output a_L, shape (batch, n_out), on its device."""
@@ -125,30 +119,47 @@ class MLP:
 
     # -- persistence -----------------------------------------------------------
     def metadata(self):
-        return {"format": FORMAT, "version": FORMAT_VERSION, "sizes": self.sizes,
-                "activations": [layer.activation for layer in self.layers],
-                "dtype": self.dtype}
+        """{"format", "version", "sizes", "activations", "dtype"} (see io.py)."""
+        from .io import network_meta
+
+        return network_meta(self)
 
     def state_arrays(self):
         """{"W0": ..., "b0": ..., ...} as NumPy arrays."""
-        out = {}
-        for i, layer in enumerate(self.layers):
-            out[f"W{i}"] = layer.W.numpy()
-            out[f"b{i}"] = layer.b.numpy()
-        return out
+        from .io import network_arrays
+
+        return network_arrays(self)
 
     def save(self, path):
-        """Write the network to `path` (.npz: arrays plus JSON metadata), atomically."""
-        from .io import save_npz
+        """Write the network to `path` as safetensors (tensors W0, b0, ... plus
+        metadata), atomically; gb.load(path) reads it back."""
+        from .io import save_network
 
-        save_npz(path, self.state_arrays(), self.metadata())
+        save_network(self, path)
+
+    def to_torch(self):
+        """A torch.nn.Sequential of Linear and activation modules with this
+        network's weights (PyTorch needed)."""
+        from .interop import to_torch
+
+        return to_torch(self)
+
+    @classmethod
+    def from_torch(cls, module, device="cpu", backend="auto"):
+        """The MLP of a torch.nn.Sequential of Linear and supported activation
+        modules (ValueError naming the first other module)."""
+        from .interop import from_torch
+
+        return from_torch(module, device=device, backend=backend)
 
     def to(self, device):
         """Move the network to `device` (in place); returns self."""
         self.device = get_device(device)
         for layer in self.layers:
             layer.W, layer.b = layer.W.to(self.device), layer.b.to(self.device)
-        self.backend = backends.create(self._backend_request, self.device)
+        self.backend = backends.create(*self._backend_request[:1], self.device,
+                                       self._backend_request[1])
+        self.backend.check_network(self.sizes, self.activations, self.dtype)
         return self
 
     def __repr__(self):
@@ -180,19 +191,7 @@ def _check_layers(layers):
 
 
 def load(path, device="cpu", backend=None):
-    """A network saved by MLP.save (never unpickles: metadata is checked JSON)."""
-    from .io import load_npz
+    """A network saved by MLP.save (safetensors; checked, never unpickled)."""
+    from .io import load_network
 
-    arrays, meta = load_npz(path, FORMAT)
-    if meta.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: network file version {meta.get('version')!r} is not "
-                         f"supported (this gpubackprop reads version {FORMAT_VERSION})")
-    try:
-        sizes, acts, dtype = meta["sizes"], meta["activations"], meta["dtype"]
-        layers = [Dense(n_in, n_out, act, W=arrays[f"W{i}"], b=arrays[f"b{i}"])
-                  for i, (n_in, n_out, act) in enumerate(zip(sizes, sizes[1:], acts))]
-        if len(acts) != len(sizes) - 1 or len(arrays) != 2 * len(layers):
-            raise ValueError("layer count does not match the arrays")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: not a valid gpubackprop network file ({exc})") from None
-    return MLP(layers, device=device, dtype=dtype, backend=backend)
+    return load_network(path, device=device, backend=backend)

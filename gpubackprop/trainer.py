@@ -1,9 +1,12 @@
 """Trainer: mini-batch SGD over a data set, epoch after epoch.
 
-Each epoch shuffles the examples with a seeded generator, runs the backend's
-SGD steps over the mini-batches, and records the training cost and accuracy
-and, if given, the validation cost and accuracy.  The data set is moved to
-the network's device once; the host reads back a few numbers per epoch.
+Each epoch shuffles the examples with a seeded generator and runs SGD steps
+over the mini-batches: the one loop of this project, Nielsen's `SGD` and
+`update_mini_batch` (see `_steps`): gather the batch, feedforward, backward,
+the gradients, then `optimizer.step(params, grads, state)`.  A backend with a
+fused fast path (`backend.fuses(hyper)`) runs a whole run of steps in
+`train_epoch` instead, with the same numbers.  The data set is moved to the
+network's device once; the host reads back a few numbers per epoch.
 """
 import math
 import os
@@ -13,58 +16,13 @@ import numpy as np
 
 from . import inputs, losses, memory
 from .checks import boolean, positive_int
+from .backends.base import Hyper
 from .checkpoint import Checkpoint
 from .device import is_cupy_array, to_host
+from .history import History, TrainingDiverged
 from .optim import SGD
 from .progress import ProgressBar
 from .tensor import unwrap
-
-
-class TrainingDiverged(RuntimeError):
-    """The cost or the parameters became NaN or infinite.
-
-    `epoch` (counted from 0) and `step` (within the epoch, from 0) say where
-    it was detected; the network and the optimizer are back at the state
-    they had at the start of that epoch or at the last checkpoint within it,
-    and no checkpoint was written after that point."""
-
-    def __init__(self, epoch, step):
-        self.epoch, self.step = epoch, step
-        super().__init__(f"training diverged: the cost or the parameters became NaN or "
-                         f"infinite at epoch {epoch}, step {step}; the network keeps the "
-                         f"parameters it had at the last good point (the start of the epoch "
-                         f"or the last checkpoint); lower the learning rate?")
-
-
-class History:
-    """Per-epoch records: history.loss, .accuracy, .val_loss, .val_accuracy,
-    .time (lists, one entry per epoch); history[i] is epoch i's dict."""
-
-    KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "time")
-
-    def __init__(self, records=None):
-        self.records = list(records or [])
-
-    def append(self, record):
-        self.records.append(record)
-
-    def __getattr__(self, key):
-        if key in History.KEYS:
-            return [r.get(key) for r in self.records]
-        raise AttributeError(key)
-
-    def __getitem__(self, i):
-        return self.records[i]
-
-    def __len__(self):
-        return len(self.records)
-
-    def as_dict(self):
-        return {k: getattr(self, k) for k in self.KEYS}
-
-    def __repr__(self):
-        last = self.records[-1] if self.records else {}
-        return f"History({len(self)} epochs, last={last})"
 
 
 class Trainer:
@@ -87,6 +45,8 @@ class Trainer:
         self.seed = positive_int("seed", seed, minimum=0)
         self.rng = np.random.default_rng(self.seed)
         self.history = History()
+        #: the optimizer's state (optim.SGDState), made on the first fit
+        self.state = None
 
     # -- data ---------------------------------------------------------------
     def _data(self, X, Y, name):
@@ -141,6 +101,8 @@ class Trainer:
         net = self.net
         # -- every argument is checked before any work ---------------------------
         epochs = positive_int("epochs", epochs)
+        self.batch_size = positive_int("batch_size", self.batch_size)   # a user may have set it
+        self.optimizer.check()
         if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
             raise TypeError(f"checkpoint must be a file path (str or os.PathLike) or None; "
                             f"got {type(checkpoint).__name__}")
@@ -201,8 +163,8 @@ class Trainer:
         n, bs = X.shape[0], self.batch_size
         n_steps = math.ceil(n / bs)
         start_epoch, start_step, partial = 0, 0, _NO_PARTIAL
-        if not self._velocities_match():
-            self.optimizer.init_state(net)
+        if not self.optimizer.state_fits(self.state, net.params):
+            self.state = self.optimizer.init_state(net.params)
         if ckpt is not None:
             ckpt.n_samples = n
             ckpt.remove_stale_temps()
@@ -225,8 +187,7 @@ class Trainer:
                     stop = min(stop, (step // checkpoint_every + 1) * checkpoint_every)
                 part = order[step * bs:stop * bs]
                 with np.errstate(all="ignore"):   # overflow is reported as TrainingDiverged
-                    out = net.backend.train_steps(net, X, Y, part, bs, self.loss,
-                                                  self.optimizer)
+                    out = self._steps(X, Y, part)
                 costs.append(out[0])
                 n_correct = n_correct + out[1]
                 marks.append((step, out[2]))
@@ -263,20 +224,55 @@ class Trainer:
         bar.close()
         return self.history
 
-    def _velocities_match(self):
-        """The optimizer's momentum buffers exist and fit this network."""
-        vel, net = self.optimizer.velocities, self.net
-        if vel is None or len(vel) != len(net.layers):
-            return False
-        for (W, b), (vW, vb) in zip(net.params, vel):
-            if self.optimizer.momentum == 0:
-                if vW is not None:
-                    return False
-                continue
-            if vW is None or vW.shape != W.shape or vb.shape != b.shape \
-                    or vW.dtype != W.dtype or type(vW) is not type(W):
-                return False
-        return True
+    # -- the mini-batch loop ------------------------------------------------------
+    def hyper(self):
+        """The frozen record of what one SGD step does (for a fused fast path)."""
+        opt = self.optimizer
+        return Hyper(activations=tuple(layer.activation for layer in self.net.layers),
+                     loss=self.loss, batch_size=self.batch_size, lr=opt.lr,
+                     momentum=opt.momentum, weight_decay=opt.weight_decay)
+
+    def _steps(self, X, Y, order):
+        """SGD steps over the batches order[0:bs], order[bs:2bs], ... (the last
+        may be smaller).  Returns device values (step_costs, n_correct,
+        bad_step): each step's sum of C0 before its update, the rows with
+        argmax(a) == argmax(y), the first step whose cost was not finite (-1
+        if none).  Nothing here waits on the device."""
+        net, hyper = self.net, self.hyper()
+        backend = net.backend
+        if self.optimizer.fused_record() is not None and backend.fuses(hyper):
+            return backend.train_epoch(net.params, self.state, X, Y, order, hyper)
+        xp, bs = backend.xp, self.batch_size
+        n_steps = -(-len(order) // bs)
+        step_costs = xp.empty(n_steps, dtype=X.dtype)
+        n_correct = xp.zeros((), dtype=xp.int64)
+        for s in range(n_steps):
+            cost, correct = self._update_mini_batch(X, Y, order[s * bs:(s + 1) * bs], hyper)
+            step_costs[s] = cost
+            n_correct += correct
+        finite = xp.isfinite(step_costs)
+        bad_step = xp.where(finite.all(), -1, xp.argmin(finite))
+        return step_costs, n_correct, bad_step
+
+    def _update_mini_batch(self, X, Y, idx, hyper):
+        """One SGD step on the rows `idx` of (X, Y), as Nielsen's
+        update_mini_batch: forward, backward, gradients, update.  Returns
+        (sum of the batch's C0 before the update, rows classified right)."""
+        net, backend = self.net, self.net.backend
+        xp, params, acts = backend.xp, net.params, hyper.activations
+        ws = backend.workspace(net.sizes, self.batch_size, X.dtype)
+        x, y, a_out, delta_out = ws.rows(len(idx))
+        xp.take(X, idx, axis=0, out=x)
+        xp.take(Y, idx, axis=0, out=y)
+        a = backend.feedforward(params, acts, x, out=a_out)        # a_0 .. a_L
+        cost = self.loss.total(a[-1], y, acts[-1], xp)
+        correct = (a[-1].argmax(axis=1) == y.argmax(axis=1)).sum()
+        delta = backend.backward(params, acts, a, y, self.loss, out=delta_out)
+        scale = hyper.scale(len(idx), net.n_out)
+        nabla = [backend.weight_gradient(d, a_prev, scale, dW=dW, db=db)   # dC/dW, dC/db
+                 for d, a_prev, (dW, db) in zip(delta, a[:-1], ws.grads)]
+        self.optimizer.step(params, nabla, self.state)
+        return cost, correct
 
     def _order(self, n):
         """This epoch's shuffle of 0..n-1, on the network's device."""
@@ -287,19 +283,14 @@ class Trainer:
         """Copies of the parameters and velocities, to restore after a divergence."""
         xp = self.net.device.xp
         params = [(xp.copy(W), xp.copy(b)) for W, b in self.net.params]
-        vel = [tuple(None if v is None else xp.copy(v) for v in pair)
-               for pair in self.optimizer.velocities]
-        return params, vel
+        return params, self.state.copy()
 
     def _restore(self, snapshot):
         params, vel = snapshot
         for (W, b), (W0, b0) in zip(self.net.params, params):
             W[...] = W0
             b[...] = b0
-        for pair, pair0 in zip(self.optimizer.velocities, vel):
-            for v, v0 in zip(pair, pair0):
-                if v is not None:
-                    v[...] = v0
+        self.state.load(vel.arrays())
 
     def _params_finite(self):
         """A device bool: every parameter is finite."""

@@ -52,16 +52,16 @@ def train(checkpoint=None, backend="numpy", resume=False, kill_after_step=None,
     net = trainer.net
     if kill_after_step is not None:
         steps_done = [0]
-        inner = net.backend.train_steps
+        inner = trainer._steps
 
-        def train_steps(net_, X, Y, order, batch_size, *args):
-            out = inner(net_, X, Y, order, batch_size, *args)
-            steps_done[0] += -(-len(order) // batch_size)
+        def steps(X, Y, order):
+            out = inner(X, Y, order)
+            steps_done[0] += -(-len(order) // trainer.batch_size)
             if steps_done[0] >= kill_after_step:
                 os.kill(os.getpid(), signal.SIGKILL)
             return out
 
-        net.backend.train_steps = train_steps
+        trainer._steps = steps
     if kill_in_save is not None:
         saves = [0]
         savez = np.savez
@@ -83,7 +83,7 @@ def train(checkpoint=None, backend="numpy", resume=False, kill_after_step=None,
     history = trainer.fit(X, y, epochs=EPOCHS, checkpoint=checkpoint,
                           checkpoint_every=EVERY if checkpoint else None, resume=resume)
     state = net.state_arrays()
-    for i, (vW, vb) in enumerate(trainer.optimizer.velocities):
+    for i, (vW, vb) in enumerate(trainer.state.velocities):
         state[f"vW{i}"], state[f"vb{i}"] = np.asarray(vW), np.asarray(vb)
     state["loss"] = np.array(history.loss)
     return state

@@ -315,7 +315,7 @@ def test_checkpoint_round_trip_holds_everything(tmp_path):
     assert (epoch, step) == (2, 0)
     assert partial[0].shape == (0,) and partial[1] == 0
     assert _same_params(t.net.params, t2.net.params)
-    for (a, b), (c, d) in zip(t.optimizer.velocities, t2.optimizer.velocities):
+    for (a, b), (c, d) in zip(t.state.velocities, t2.state.velocities):
         assert np.array_equal(a, c) and np.array_equal(b, d)
     assert t2.rng.bit_generator.state == t.rng.bit_generator.state
     assert t2.history.records == t.history.records

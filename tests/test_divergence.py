@@ -31,7 +31,7 @@ def _trainer(backend, lr=0.01, momentum=0.5, batch_size=3, seed=5, activation="t
 
 def _copy_state(t):
     return ([(W.copy(), b.copy()) for W, b in t.net.params],
-            [(vW.copy(), vb.copy()) for vW, vb in t.optimizer.velocities])
+            [(vW.copy(), vb.copy()) for vW, vb in t.state.velocities])
 
 
 def _assert_state(t, state):
@@ -39,7 +39,7 @@ def _assert_state(t, state):
     for (W, b), (W0, b0) in zip(t.net.params, params):
         assert np.isfinite(W).all() and np.isfinite(b).all()
         assert np.array_equal(W, W0) and np.array_equal(b, b0)
-    for (vW, vb), (vW0, vb0) in zip(t.optimizer.velocities, vel):
+    for (vW, vb), (vW0, vb0) in zip(t.state.velocities, vel):
         assert np.array_equal(vW, vW0) and np.array_equal(vb, vb0)
 
 

@@ -143,15 +143,15 @@ def test_checkpoints_round_trip_and_resume_exactly(problem, momentum, n, every, 
         path = Path(tmp) / "ckpt.npz"
         # a run that stops (as if killed) after `stop_after` steps ...
         first = _trainer(*args)
-        inner, done = first.net.backend.train_steps, [0]
+        inner, done = first._steps, [0]
 
-        def train_steps(net, X_, Y_, order, bs, *rest):
+        def steps(X_, Y_, order):
             if done[0] >= stop_after:
                 raise Interrupt
-            done[0] += -(-len(order) // bs)
-            return inner(net, X_, Y_, order, bs, *rest)
+            done[0] += -(-len(order) // first.batch_size)
+            return inner(X_, Y_, order)
 
-        first.net.backend.train_steps = train_steps
+        first._steps = steps
         try:
             first.fit(X, Y, epochs=epochs, checkpoint=path, checkpoint_every=every)
         except Interrupt:
@@ -168,7 +168,7 @@ def test_checkpoints_round_trip_and_resume_exactly(problem, momentum, n, every, 
     for (W, b), (W2, b2) in zip(whole.net.params, second.net.params):
         assert np.array_equal(W, W2) and np.array_equal(b, b2)
     if momentum:
-        for (v, u), (v2, u2) in zip(whole.optimizer.velocities, second.optimizer.velocities):
+        for (v, u), (v2, u2) in zip(whole.state.velocities, second.state.velocities):
             assert np.array_equal(v, v2) and np.array_equal(u, u2)
     # the epoch costs are summed per run of steps between checkpoints, so
     # they are bitwise equal for the same checkpoint_every
