@@ -271,11 +271,6 @@ def c(tmp_path):
                            X=rng.normal(size=(N, 3)), y=np.arange(N) % 2)
 
 
-def test_the_table_is_big_enough():
-    assert len(BAD_CALLS) >= 35
-    assert len({case[0] for case in BAD_CALLS}) == len(BAD_CALLS)
-
-
 @pytest.mark.parametrize("name, call, exc, fragment", BAD_CALLS,
                          ids=[case[0] for case in BAD_CALLS])
 def test_bad_call_raises_clearly(c, name, call, exc, fragment):
