@@ -8,6 +8,8 @@ import gpubackprop as gb
 from gpubackprop.backends import available
 from gpubackprop.device import Device
 
+from conftest import rel_err
+
 CPU_BACKENDS = [n for n, why in available(Device("cpu")).items() if why is None]
 
 
@@ -117,3 +119,52 @@ def test_save_and_load_round_trip(tmp_path):
     X = np.random.default_rng(0).normal(size=(4, 5))
     assert np.array_equal(back.forward(X), net.forward(X))
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+# -- a backend's fused fast path gives the loop's numbers --------------------------------------
+class LoopSGD(gb.SGD):
+    """Plain SGD through the trainer's loop: a subclass with its own `step` is
+    never handed to a fused fast path (SGD.fused_record)."""
+
+    def step(self, params, grads, state):
+        super().step(params, grads, state)
+
+
+def _usable_backends():
+    from gpubackprop.backends import available as avail
+
+    return [(dev, name) for dev in gb.available_devices()
+            for name, why in avail(gb.device(dev)).items() if why is None]
+
+
+FAST_CASES = [  # sizes, hidden, output, loss
+    ([5, 3], "sigmoid", "sigmoid", "sse"),
+    ([6, 9, 4], "tanh", "softmax", "cross_entropy"),
+    ([7, 8, 5, 3], "relu", "identity", "cross_entropy"),
+    ([4, 6, 6, 5, 2], "softplus", "identity", "mse"),
+]
+
+
+@pytest.mark.parametrize("dev, backend", _usable_backends())
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-12), ("float32", 1e-5)])
+@pytest.mark.parametrize("sizes, hidden, output, loss", FAST_CASES)
+def test_fast_path_matches_the_loop(dev, backend, dtype, tol, sizes, hidden, output, loss):
+    X, y = gb.data.make_teacher(37, sizes=(sizes[0], 5, sizes[-1]), seed=5)   # 37: ragged batches
+
+    def trainer(opt_cls):
+        net = gb.MLP.from_sizes(sizes, activation=hidden, output_activation=output, seed=1,
+                                device=dev, dtype=dtype, backend=backend)
+        return gb.Trainer(net, loss=loss, optimizer=opt_cls(lr=0.2, momentum=0.7,
+                                                            weight_decay=1e-3),
+                          batch_size=8, seed=3)
+
+    t, ref_t = trainer(gb.SGD), trainer(LoopSGD)
+    if not t.net.backend.fuses(t.hyper()):
+        pytest.skip(f"backend {backend!r} has no fast path for this network")
+    h, ref_h = t.fit(X, y, epochs=2), ref_t.fit(X, y, epochs=2)
+    net, ref_net = t.net, ref_t.net
+    for layer, ref in zip(net.layers, ref_net.layers):
+        assert rel_err(layer.W, ref.W) <= tol and rel_err(layer.b, ref.b) <= tol
+    for (v, v0) in zip(t.state.arrays().values(), ref_t.state.arrays().values()):
+        assert rel_err(v, v0) <= tol
+    np.testing.assert_allclose(h.loss, ref_h.loss, rtol=max(tol, 1e-12))
