@@ -10,6 +10,12 @@ class Tensor:
 
     __array_priority__ = 100
 
+    @property
+    def __gb_array__(self):
+        """The underlying array: how the device layer unwraps a Tensor without
+        importing this module (device.py sits below it)."""
+        return self.data
+
     def __init__(self, array, device=None, dtype=None):
         if isinstance(array, Tensor):
             array = array.data
