@@ -8,11 +8,11 @@ from gpubackprop.device import Device
 
 
 def test_every_registered_backend_declares_the_contract():
-    for (name, kind), target in backends.REGISTRY.items():
+    for (name, kind) in backends.REGISTRY:
         try:
             cls = backends._load(name, kind)
-        except ImportError as exc:       # an optional dependency is missing here
-            pytest.skip(str(exc))
+        except ImportError:       # an optional dependency is missing here: nothing to check
+            continue
         assert issubclass(cls, Backend) and cls.name == name and kind in cls.device_kinds
 
 
