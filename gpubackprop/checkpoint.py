@@ -1,10 +1,14 @@
 """Training checkpoints: everything needed to continue a run bit for bit.
 
-A checkpoint holds the parameters, the optimizer's momentum buffers, the
-shuffling generator's state at the start of the current epoch, how far into
-the epoch training got, the costs of the epoch's steps so far, and the
-history.  It is written atomically (see io.py), so a run killed at any moment
-leaves the previous good checkpoint in place.
+A checkpoint is a plain safetensors file (see io.py).  Its tensors are the
+parameters W0, b0, W1, b1, ..., the optimizer state's arrays (vW0, vb0, ...
+with momentum, as `trainer.state.arrays()` names them) and `step_costs`, the
+costs of the epoch's steps done so far.  Its metadata holds, as JSON
+strings, the run's configuration, the optimizer's hyperparameters, the epoch
+and step reached, the shuffling generator's state at the start of that
+epoch, the examples classified right so far in it, and the history.  It is
+written atomically, so a run killed at any moment leaves the previous good
+checkpoint in place.
 
 Resuming refuses, with a ValueError naming the file and what differs, a
 checkpoint that is truncated or corrupted, of another format version, or
@@ -20,10 +24,14 @@ import numpy as np
 
 from . import __version__
 from .device import to_host
-from .io import check_network, is_int, is_real, load_npz, remove_stale_temps, save_npz
+from .history import History
+from .io import check_network, is_int, is_real, load_file, remove_stale_temps, save_file
 
 FORMAT = "gpubackprop.checkpoint"
-FORMAT_VERSION = 1
+#: the one version of the checkpoint format (2: safetensors; 1 was .npz)
+FORMAT_VERSION = 2
+#: the metadata entries stored as JSON strings
+_JSON_KEYS = ("config", "optimizer", "epoch", "step", "rng_state", "n_correct", "history")
 
 
 class Checkpoint:
@@ -54,6 +62,7 @@ class Checkpoint:
         return remove_stale_temps(self.path)
 
     def _config(self):
+        """What must be equal for a resumed run to continue this one exactly."""
         t = self.trainer
         return {"network": t.net.metadata(), "loss": t.loss.name, "reduction": t.loss.reduction,
                 "batch_size": t.batch_size, "seed": t.seed, "n_samples": self.n_samples,
@@ -61,66 +70,85 @@ class Checkpoint:
 
     def save(self, epoch, step, rng_state, partial):
         """Write the state at (epoch, step) of the run; rng_state is the
-        generator's state before this epoch's shuffle."""
+        generator's state before this epoch's shuffle, partial the (step
+        costs, examples right) of the epoch's steps done."""
         t = self.trainer
         arrays = t.net.state_arrays()
-        for i, (vW, vb) in enumerate(t.optimizer.velocities or []):
-            if vW is not None:
-                arrays[f"vW{i}"], arrays[f"vb{i}"] = to_host(vW), to_host(vb)
+        arrays.update({name: to_host(v) for name, v in t.state.arrays().items()})
         step_costs, n_correct = partial
         arrays["step_costs"] = np.asarray(step_costs, dtype=np.float64)
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "gpubackprop": __version__,
                 "config": self._config(), "optimizer": t.optimizer.config(),
                 "epoch": int(epoch), "step": int(step), "rng_state": rng_state,
                 "n_correct": int(n_correct), "history": t.history.records}
-        save_npz(self.path, arrays, meta)
+        save_file(self.path, arrays, meta)
 
     # -- reading ----------------------------------------------------------------
-    def _check(self, arrays, meta):
-        """Validate everything in the file against this run; returns the values
-        to apply: (params, velocities, rng_state, epoch, step, partial, history)."""
-        path, t = self.path, self.trainer
+    def restore(self):
+        """Load the checkpoint into the trainer; returns (epoch, step, partial).
 
-        def bad(problem):
-            return ValueError(f"{path}: corrupted checkpoint ({problem})")
+        Raises ValueError (and changes nothing) if the file is unreadable,
+        corrupted, of another version or from a run configured differently."""
+        t = self.trainer
+        arrays, meta = load_file(self.path, FORMAT, FORMAT_VERSION, json_keys=_JSON_KEYS)
+        self._check_config(meta, arrays)
+        state = t.state
+        if not t.optimizer.state_fits(state, t.net.params):
+            state = t.optimizer.init_state(t.net.params)
+        saved_state = self._check_arrays(arrays, state)
+        epoch, step, rng_state, partial, history = self._check_progress(meta, arrays)
+        # everything checked: now apply
+        xp = t.net.device.xp
+        for i, (W, b) in enumerate(t.net.params):
+            W[...] = xp.asarray(arrays[f"W{i}"])
+            b[...] = xp.asarray(arrays[f"b{i}"])
+        state.load(saved_state)
+        t.state = state
+        t.rng.bit_generator.state = rng_state
+        t.history = History(history)
+        return epoch, step, partial
 
-        expected = self._config()
-        saved = meta.get("config")
+    def _bad(self, problem):
+        return ValueError(f"{self.path}: corrupted checkpoint ({problem})")
+
+    def _check_config(self, meta, arrays):
+        """The run in the file is this run: same network, loss, batch, seed, data size."""
+        expected, saved = self._config(), meta.get("config")
         if not isinstance(saved, dict):
-            raise bad(f"'config' must be a JSON object; got {type(saved).__name__}")
-        check_network(path, saved.get("network"), arrays, prefix="checkpoint network")
-        if _canonical(saved) != _canonical(expected):
-            diff = [f"{k}: checkpoint has {saved.get(k)!r}, this run has {expected[k]!r}"
-                    for k in sorted(set(expected) | set(saved))
-                    if _canonical(saved.get(k)) != _canonical(expected.get(k))]
-            raise ValueError(f"{path}: the checkpoint does not match this run "
+            raise self._bad(f"'config' must be a JSON object; got {type(saved).__name__}")
+        check_network(self.path, saved.get("network"), arrays, prefix="checkpoint network")
+        diff = [f"{k}: checkpoint has {saved.get(k)!r}, this run has {expected.get(k)!r}"
+                for k in sorted(set(expected) | set(saved))
+                if _canonical(saved.get(k)) != _canonical(expected.get(k))]
+        if diff:
+            raise ValueError(f"{self.path}: the checkpoint does not match this run "
                              f"(differs in {'; '.join(diff)}); use another checkpoint path "
                              "or resume=False")
-        n_layers = len(t.net.layers)
-        params = [(arrays[f"W{i}"], arrays[f"b{i}"]) for i in range(n_layers)]
-        names = {f"{c}{i}" for i in range(n_layers) for c in "Wb"} | {"step_costs"}
-        momentum = t.optimizer.momentum > 0
-        vel = [(None, None)] * n_layers
-        if momentum:
-            vel = []
-            for i, (W, b) in enumerate(params):
-                pair = []
-                for name, like in ((f"vW{i}", W), (f"vb{i}", b)):
-                    v = arrays.get(name)
-                    if v is None:
-                        raise bad(f"momentum buffer {name!r} is missing")
-                    if v.shape != like.shape or v.dtype != like.dtype:
-                        raise bad(f"momentum buffer {name!r} is {v.dtype} {v.shape}; "
-                                  f"expected {like.dtype} {like.shape}")
-                    if not np.isfinite(v).all():
-                        raise bad(f"momentum buffer {name!r} contains NaN or infinite values")
-                    pair.append(v)
-                    names.add(name)
-                vel.append(tuple(pair))
-        extra = sorted(set(arrays) - names)
-        if extra:
-            raise bad(f"unexpected arrays {extra}")
 
+    def _check_arrays(self, arrays, state):
+        """The optimizer state's arrays, with the names, shapes and dtypes of
+        `state`'s, finite; nothing else but parameters and step_costs."""
+        n_layers = len(self.trainer.net.layers)
+        names = {f"{c}{i}" for i in range(n_layers) for c in "Wb"} | {"step_costs"}
+        saved = {}
+        for name, like in state.arrays().items():
+            v = arrays.get(name)
+            if v is None:
+                raise self._bad(f"optimizer state {name!r} is missing")
+            if v.shape != like.shape or v.dtype != like.dtype:
+                raise self._bad(f"optimizer state {name!r} is {v.dtype} {v.shape}; "
+                                f"expected {like.dtype} {like.shape}")
+            if not np.isfinite(v).all():
+                raise self._bad(f"optimizer state {name!r} contains NaN or infinite values")
+            saved[name] = v
+        extra = sorted(set(arrays) - names - set(saved))
+        if extra:
+            raise self._bad(f"unexpected arrays {extra}")
+        return saved
+
+    def _check_progress(self, meta, arrays):
+        """(epoch, step, rng_state, partial, history), each checked."""
+        t, bad = self.trainer, self._bad
         if not isinstance(meta.get("gpubackprop"), str):
             raise bad("'gpubackprop' must be a version string")
         opt = meta.get("optimizer")
@@ -134,8 +162,7 @@ class Checkpoint:
             raise bad(f"'step' must be an integer in [0, {self.n_steps}); got {step!r}")
         rng_state = meta.get("rng_state")
         try:
-            probe = type(t.rng.bit_generator)()
-            probe.state = rng_state
+            type(t.rng.bit_generator)().state = rng_state
         except Exception as exc:
             raise bad(f"'rng_state' is not a state of {type(t.rng.bit_generator).__name__}: "
                       f"{exc}") from None
@@ -150,46 +177,25 @@ class Checkpoint:
             raise bad(f"'step_costs' must be {step} finite float64 costs, one per step done "
                       f"in this epoch; got {got}")
         history = meta.get("history")
-        keys = set(_history_keys())
+        keys = set(History.KEYS)
         if not isinstance(history, list) or not all(
                 isinstance(r, dict) and set(r) <= keys
                 and all(v is None or is_real(v) for v in r.values()) for r in history):
             raise bad(f"'history' must be a list of records with keys from {sorted(keys)}")
-        partial = (costs, int(n_correct))
-        return params, vel, rng_state, epoch, step, partial, history
-
-    def restore(self):
-        """Load the checkpoint into the trainer; returns (epoch, step, partial).
-
-        Raises ValueError (and changes nothing) if the file is unreadable,
-        corrupted, of another version or from a run configured differently."""
-        from .trainer import History
-
-        t = self.trainer
-        arrays, meta = load_npz(self.path, FORMAT)
-        params, vel, rng_state, epoch, step, partial, history = self._check(arrays, meta)
-        # everything checked: now apply
-        xp = t.net.device.xp
-        if not t._velocities_match():
-            t.optimizer.init_state(t.net)
-        for (W, b), (W0, b0) in zip(t.net.params, params):
-            W[...] = xp.asarray(W0)
-            b[...] = xp.asarray(b0)
-        for (vW, vb), (vW0, vb0) in zip(t.optimizer.velocities, vel):
-            if vW is not None:
-                vW[...] = xp.asarray(vW0)
-                vb[...] = xp.asarray(vb0)
-        t.rng.bit_generator.state = rng_state
-        t.history = History(history)
-        return epoch, step, partial
-
-
-def _history_keys():
-    from .trainer import History
-
-    return History.KEYS
+        return epoch, step, rng_state, (costs, int(n_correct)), history
 
 
 def _canonical(value):
     """A strict comparison key for JSON values (1 != 1.0 != True)."""
     return json.dumps(value, sort_keys=True)
+
+
+def read_progress(path):
+    """(epoch, step) a checkpoint file reached, read without a trainer (for
+    messages such as the CLI's 'already trained N epochs'); ValueError if it
+    is not a readable checkpoint."""
+    _, meta = load_file(path, FORMAT, FORMAT_VERSION, json_keys=("epoch", "step"))
+    epoch, step = meta.get("epoch"), meta.get("step")
+    if not (is_int(epoch) and is_int(step)):
+        raise ValueError(f"{path}: corrupted checkpoint ('epoch' and 'step' must be integers)")
+    return epoch, step

@@ -192,9 +192,7 @@ def is_real(value):
 # -- networks -------------------------------------------------------------------------
 def network_meta(net):
     """The network's metadata record: format, version, sizes, activations, dtype."""
-    from . import __version__
-
-    return {"format": NETWORK_FORMAT, "version": NETWORK_VERSION, "gpubackprop": __version__,
+    return {"format": NETWORK_FORMAT, "version": NETWORK_VERSION,
             "sizes": net.sizes, "activations": [layer.activation for layer in net.layers],
             "dtype": net.dtype}
 
@@ -209,7 +207,9 @@ def network_arrays(net):
 
 def save_network(net, path):
     """net.save(path): W0, b0, ... and the network's metadata, atomically."""
-    save_file(path, network_arrays(net), network_meta(net))
+    from . import __version__
+
+    save_file(path, network_arrays(net), {**network_meta(net), "gpubackprop": __version__})
 
 
 def load_network(path, device="cpu", backend=None):

@@ -14,10 +14,9 @@ with an uninterrupted run (train() called in-process) bit for bit.
 
 The kill points are counted in steps and saves, never in time, so the run is
 deterministic.  OUT receives the final parameters, momentum buffers and the
-per-epoch training losses (np.savez).
+per-epoch training losses (a safetensors file).
 """
 import argparse
-import io
 import os
 import signal
 import sys
@@ -63,22 +62,7 @@ def train(checkpoint=None, backend="numpy", resume=False, kill_after_step=None,
 
         trainer._steps = steps
     if kill_in_save is not None:
-        saves = [0]
-        savez = np.savez
-
-        def half_savez(file, *args, **kwargs):
-            saves[0] += 1
-            if saves[0] < kill_in_save:
-                return savez(file, *args, **kwargs)
-            buf = io.BytesIO()
-            savez(buf, *args, **kwargs)
-            data_ = buf.getvalue()
-            file.write(data_[:len(data_) // 2])
-            file.flush()
-            os.fsync(file.fileno())
-            os.kill(os.getpid(), signal.SIGKILL)
-
-        np.savez = half_savez
+        _kill_in_save(kill_in_save)
     X, y = data()
     history = trainer.fit(X, y, epochs=EPOCHS, checkpoint=checkpoint,
                           checkpoint_every=EVERY if checkpoint else None, resume=resume)
@@ -87,6 +71,38 @@ def train(checkpoint=None, backend="numpy", resume=False, kill_after_step=None,
         state[f"vW{i}"], state[f"vb{i}"] = np.asarray(vW), np.asarray(vb)
     state["loss"] = np.array(history.loss)
     return state
+
+
+class _HalfFile:
+    """A file whose write puts half the bytes on disk, then SIGKILLs the process."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data):
+        self.f.write(data[:len(data) // 2])
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _kill_in_save(n):
+    """The n-th file opened with os.fdopen (as io.save_file opens its
+    temporary file) dies half written.  Only in this throwaway process."""
+    saves, fdopen = [0], os.fdopen
+
+    def half_fdopen(fd, *args, **kwargs):
+        saves[0] += 1
+        f = fdopen(fd, *args, **kwargs)
+        return f if saves[0] < n else _HalfFile(f)
+
+    os.fdopen = half_fdopen
 
 
 def main(argv=None):
@@ -100,7 +116,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     state = train(args.checkpoint, args.backend, args.resume, args.kill_after_step,
                   args.kill_in_save)
-    np.savez(args.out, **state)
+    from safetensors.numpy import save_file
+
+    save_file(state, args.out)
     return 0
 
 

@@ -1,7 +1,6 @@
 """Checkpoints: atomic writes, SIGKILL mid-epoch then resume bit for bit,
 refusal of truncated, corrupted or mismatched files, and CPU determinism."""
 import importlib.util
-import io
 import json
 import os
 import signal
@@ -16,6 +15,8 @@ import gpubackprop as gb
 from gpubackprop import io as gio
 from gpubackprop.backends import unavailable_reason
 from gpubackprop.checkpoint import Checkpoint
+from safetensors import safe_open
+from safetensors.numpy import load_file, save
 
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "killme_train.py"
@@ -52,23 +53,29 @@ def run_script(*args):
 
 
 def assert_same_state(out_file, expected):
-    with np.load(out_file) as got:
-        assert sorted(got.files) == sorted(expected)
-        for name in expected:
-            assert got[name].dtype == expected[name].dtype, name
-            assert np.array_equal(got[name], expected[name]), f"{name} differs"
+    got = load_file(str(out_file))
+    assert sorted(got) == sorted(expected)
+    for name in expected:
+        assert got[name].dtype == expected[name].dtype, name
+        assert np.array_equal(got[name], expected[name]), f"{name} differs"
+
+
+JSON_KEYS = {"version", "config", "optimizer", "epoch", "step", "rng_state", "n_correct",
+             "history"}
 
 
 def read_meta(path):
-    with np.load(path, allow_pickle=False) as f:
-        return json.loads(f[gio.META_KEY].tobytes())
+    """The checkpoint's metadata, JSON entries decoded (as safetensors users read it)."""
+    with safe_open(str(path), framework="numpy") as f:
+        raw = f.metadata()
+    return {k: json.loads(v) if k in JSON_KEYS else v for k, v in raw.items()}
 
 
 # -- SIGKILL ------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, backend):
     expected = reference(backend)          # first, so numba compiles (and caches) here
-    ckpt, out = tmp_path / "run.npz", tmp_path / "out.npz"
+    ckpt, out = tmp_path / "run.safetensors", tmp_path / "out.safetensors"
     # 9 steps per epoch, checkpoints every 2 steps: dies after step 6 of epoch 1,
     # before the checkpoint of step 6 is written
     r = run_script(ckpt, out, "--backend", backend, "--kill-after-step", 9 + 6)
@@ -85,18 +92,18 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(tmp_path, backend):
 
 
 def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
-    ckpt, out = tmp_path / "run.npz", tmp_path / "out.npz"
+    ckpt, out = tmp_path / "run.safetensors", tmp_path / "out.safetensors"
     # saves: e0 s2, e0 s4, e0 s6, e0 s8, end of e0, e1 s2 ... -> killed writing e0 s8
     r = run_script(ckpt, out, "--kill-in-save", 4)
     assert r.returncode == -signal.SIGKILL, r.stderr
     meta = read_meta(ckpt)                       # the previous one, whole and readable
     assert (meta["epoch"], meta["step"]) == (0, 6)
-    stale = [p for p in os.listdir(tmp_path) if p != "run.npz"]
-    assert len(stale) == 1 and stale[0].startswith(".run.npz.tmp-")   # the half-written file
+    stale = [p for p in os.listdir(tmp_path) if p != "run.safetensors"]
+    assert len(stale) == 1 and stale[0].startswith(".run.safetensors.tmp-")   # half written
 
     r = run_script(ckpt, out, "--resume")
     assert r.returncode == 0, r.stderr
-    assert sorted(os.listdir(tmp_path)) == ["out.npz", "run.npz"]     # stale temp removed
+    assert sorted(os.listdir(tmp_path)) == ["out.safetensors", "run.safetensors"]  # temp gone
     assert_same_state(out, reference("numpy"))
 
 
@@ -118,25 +125,20 @@ def _same_params(p, q):
 
 def test_failed_save_leaves_the_old_checkpoint_and_no_temp_file(tmp_path, monkeypatch):
     X, y = killme.data()
-    path = tmp_path / "run.npz"
+    path = tmp_path / "run.safetensors"
     t = _trainer()
     t.fit(X, y, epochs=1, checkpoint=path)
     old = path.read_bytes()
 
-    real_savez = np.savez
+    def disk_full(fd):                                  # the bytes are written, then
+        raise OSError(28, "No space left on device")    # the disk is full at fsync
 
-    def savez_then_fail(file, *args, **kwargs):
-        buf = io.BytesIO()
-        real_savez(buf, *args, **kwargs)
-        file.write(buf.getvalue()[:buf.tell() // 2])    # half the bytes are written ...
-        raise OSError(28, "No space left on device")    # ... then the disk is full
-
-    monkeypatch.setattr(np, "savez", savez_then_fail)
+    monkeypatch.setattr(gio.os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
         t.fit(X, y, epochs=2, checkpoint=path, resume=True)
     monkeypatch.undo()
     assert path.read_bytes() == old
-    assert os.listdir(tmp_path) == ["run.npz"]
+    assert os.listdir(tmp_path) == ["run.safetensors"]
     # and it still resumes
     t2 = _trainer()
     t2.fit(X, y, epochs=1, checkpoint=path, resume=True)
@@ -148,28 +150,29 @@ def test_save_into_a_missing_folder_is_refused_before_training(tmp_path):
     t = _trainer()
     before = _params(t.net)
     with pytest.raises(ValueError, match="checkpoint folder"):
-        t.fit(X, y, epochs=1, checkpoint=tmp_path / "nope" / "run.npz")
+        t.fit(X, y, epochs=1, checkpoint=tmp_path / "nope" / "run.safetensors")
     assert _same_params(before, t.net.params)
 
 
 # -- refusing bad checkpoints ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def good_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "good.npz"
+    path = tmp_path_factory.mktemp("ckpt") / "good.safetensors"
     X, y = killme.data()
     _trainer().fit(X, y, epochs=1, checkpoint=path, checkpoint_every=4)
     return path
 
 
 def _rewrite(src, dst, meta_fn=None, arrays_fn=None):
-    with np.load(src, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files if k != gio.META_KEY}
-        meta = json.loads(f[gio.META_KEY].tobytes())
+    """The checkpoint `src` with its metadata or arrays tampered with, as `dst`."""
+    arrays, meta = load_file(str(src)), read_meta(src)
     if meta_fn:
         meta_fn(meta)
     if arrays_fn:
         arrays_fn(arrays)
-    gio.save_npz(dst, arrays, meta)
+    raw = {k: json.dumps(v) if k in JSON_KEYS else v for k, v in meta.items()}
+    with open(dst, "wb") as f:                  # any float dtype, as an attacker would
+        f.write(save(arrays, metadata=raw))
     return dst
 
 
@@ -207,7 +210,9 @@ def _nan_W(arrays):
 
 BAD_ARRAYS = [
     ("missing_W", lambda a: a.pop("W2"), "'W2' is missing"),
-    ("missing_v", lambda a: a.pop("vb0"), "'vb0' is missing"),
+    ("missing_v", lambda a: a.pop("vb0"), "optimizer state 'vb0' is missing"),
+    ("v_shape", lambda a: a.__setitem__("vW1", np.zeros((6, 7))), "'vW1' is float64 \\(6, 7\\)"),
+    ("v_inf", lambda a: a.__setitem__("vb1", np.full(6, np.inf)), "'vb1' contains NaN"),
     ("shape", lambda a: a.__setitem__("W0", np.zeros((8, 4))), "shape"),
     ("dtype", lambda a: a.__setitem__("b0", a["b0"].astype(np.float32)), "dtype"),
     ("nan", _nan_W, "NaN"),
@@ -224,7 +229,7 @@ BAD_ARRAYS = [
 def test_bad_checkpoint_is_refused_and_changes_nothing(tmp_path, good_checkpoint, case):
     _, fn, fragment = case
     kw = {"meta_fn": fn} if case in BAD_META else {"arrays_fn": fn}
-    path = _rewrite(good_checkpoint, tmp_path / "bad.npz", **kw)
+    path = _rewrite(good_checkpoint, tmp_path / "bad.safetensors", **kw)
     t = _trainer()
     before, rng_before = _params(t.net), t.rng.bit_generator.state
     X, y = killme.data()
@@ -238,41 +243,49 @@ def test_bad_checkpoint_is_refused_and_changes_nothing(tmp_path, good_checkpoint
 @pytest.mark.parametrize("cut", [0.1, 0.5, 0.9, 0.999])
 def test_truncated_checkpoint_is_refused(tmp_path, good_checkpoint, cut):
     data = good_checkpoint.read_bytes()
-    path = tmp_path / "cut.npz"
+    path = tmp_path / "cut.safetensors"
     path.write_bytes(data[:int(len(data) * cut)])
     X, y = killme.data()
-    with pytest.raises(ValueError, match="not a readable .npz"):
+    with pytest.raises(ValueError, match="cut.safetensors: .*(not a readable|header claims)"):
         _trainer().fit(X, y, epochs=2, checkpoint=path, resume=True)
 
 
 def test_corrupted_bytes_are_refused(tmp_path, good_checkpoint):
     data = bytearray(good_checkpoint.read_bytes())
-    for i in range(100, len(data) - 100, 97):    # scribble over the payload
+    for i in range(100, len(data) - 100, 97):    # scribble over the header and payload
         data[i] ^= 0x5A
-    path = tmp_path / "bad.npz"
+    path = tmp_path / "bad.safetensors"
     path.write_bytes(bytes(data))
     X, y = killme.data()
-    with pytest.raises(ValueError, match="bad.npz"):
+    with pytest.raises(ValueError, match="bad.safetensors"):
         _trainer().fit(X, y, epochs=2, checkpoint=path, resume=True)
 
 
-def test_pickled_arrays_are_never_loaded(tmp_path, good_checkpoint):
+def test_old_npz_checkpoints_are_refused_and_never_unpickled(tmp_path):
     class Boom:
         def __reduce__(self):
             return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
 
-    with np.load(good_checkpoint, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
-    arrays["evil"] = np.array([Boom()], dtype=object)
-    path = tmp_path / "evil.npz"
+    path = tmp_path / "evil.npz"                # the old format, with a pickle inside
     with open(path, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, W0=np.zeros(3), evil=np.array([Boom()], dtype=object))
     X, y = killme.data()
-    with pytest.raises(ValueError, match="not a readable .npz"):
+    with pytest.raises(ValueError, match="evil.npz: this is an .npz archive"):
         _trainer().fit(X, y, epochs=2, checkpoint=path, resume=True)
-    with pytest.raises(ValueError, match="not a readable .npz"):
+    with pytest.raises(ValueError, match="evil.npz: this is an .npz archive"):
         gb.load(path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_checkpoint_is_plain_safetensors(good_checkpoint):
+    arrays = load_file(str(good_checkpoint))
+    assert sorted(arrays) == sorted([f"{c}{i}" for c in ("W", "b", "vW", "vb") for i in range(3)]
+                                    + ["step_costs"])
+    meta = read_meta(good_checkpoint)
+    assert meta["format"] == "gpubackprop.checkpoint" and meta["version"] == 2
+    assert (meta["epoch"], meta["step"]) == (1, 0) and len(meta["history"]) == 1
+    assert meta["config"]["network"]["sizes"] == [5, 8, 6, 3]
+    assert arrays["vW0"].shape == arrays["W0"].shape == (8, 5)
 
 
 @pytest.mark.parametrize("change, fragment", [
@@ -297,7 +310,7 @@ def test_other_number_of_examples_is_refused(good_checkpoint):
 
 
 def test_network_file_is_not_a_checkpoint(tmp_path):
-    path = tmp_path / "net.npz"
+    path = tmp_path / "net.safetensors"
     _trainer().net.save(path)
     X, y = killme.data()
     with pytest.raises(ValueError, match="expected a 'gpubackprop.checkpoint' file"):
@@ -308,7 +321,7 @@ def test_network_file_is_not_a_checkpoint(tmp_path):
 def test_checkpoint_round_trip_holds_everything(tmp_path):
     X, y = killme.data()
     t = _trainer()
-    path = tmp_path / "c.npz"
+    path = tmp_path / "c.safetensors"
     t.fit(X, y, epochs=2, checkpoint=path)
     t2 = _trainer()
     epoch, step, partial = Checkpoint(path, t2, len(X)).restore()
@@ -323,7 +336,7 @@ def test_checkpoint_round_trip_holds_everything(tmp_path):
 
 def test_resume_without_a_file_starts_fresh_and_a_finished_run_stays_finished(tmp_path):
     X, y = killme.data()
-    path = tmp_path / "c.npz"
+    path = tmp_path / "c.safetensors"
     a = _trainer()
     a.fit(X, y, epochs=2, checkpoint=path, resume=True)      # no file yet: from scratch
     b = _trainer()
