@@ -1,9 +1,9 @@
 // Activation functions sigma(z) and their derivatives written from the output
 // a = sigma(z), for the gpubackprop kernels.
 //
-// The integer codes are the ones of gpubackprop/activations.py (CODES); that
-// table is the single source of truth and tests compare these functions with
-// it.  Softmax (code 6) is row-wise, so it is not handled here: the launchers
+// The integer codes GB_ACT_<NAME> and GB_LEAKY_SLOPE are injected with -D
+// from gpubackprop/activations.py (CODES, LEAKY_SLOPE) by
+// gpubackprop.kernels.activation_defines: that table is the only copy.  Softmax (code 6) is row-wise, so it is not handled here: the launchers
 // run the GEMM with identity and apply softmax afterwards.
 //
 //   code  name         sigma(z)                          sigma'(z) from a
@@ -23,14 +23,9 @@
 #ifndef GPUBACKPROP_ACTIVATIONS_CUH
 #define GPUBACKPROP_ACTIVATIONS_CUH
 
-#define GB_ACT_IDENTITY 0
-#define GB_ACT_SIGMOID 1
-#define GB_ACT_TANH 2
-#define GB_ACT_RELU 3
-#define GB_ACT_LEAKY_RELU 4
-#define GB_ACT_SOFTPLUS 5
-#define GB_ACT_SOFTMAX 6
-#define GB_LEAKY_SLOPE 0.01
+#if !defined(GB_ACT_IDENTITY) || !defined(GB_ACT_SIGMOID) || !defined(GB_ACT_TANH) || !defined(GB_ACT_RELU) || !defined(GB_ACT_LEAKY_RELU) || !defined(GB_ACT_SOFTPLUS) || !defined(GB_ACT_SOFTMAX) || !defined(GB_LEAKY_SLOPE)
+#error "compile with the -D defines of activations.CODES (gpubackprop.kernels.defines): GB_ACT_IDENTITY, GB_ACT_SIGMOID, GB_ACT_TANH, GB_ACT_RELU, GB_ACT_LEAKY_RELU, GB_ACT_SOFTPLUS, GB_ACT_SOFTMAX, GB_LEAKY_SLOPE"
+#endif
 
 __device__ __forceinline__ float gb_exp(float x) { return expf(x); }
 __device__ __forceinline__ double gb_exp(double x) { return exp(x); }

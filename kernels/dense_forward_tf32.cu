@@ -16,15 +16,10 @@
 #include <mma.h>
 #include "activations.cuh"
 
-#ifndef TC_TILE_M
-#define TC_TILE_M 64
+#if !defined(TC_TILE_M) || !defined(TC_TILE_N) || !defined(TC_TILE_K)
+#error "compile with the -D defines of TF32_TILES (gpubackprop.kernels.defines): TC_TILE_M, TC_TILE_N, TC_TILE_K"
 #endif
-#ifndef TC_TILE_N
-#define TC_TILE_N 64
-#endif
-#ifndef TC_TILE_K
-#define TC_TILE_K 16
-#endif
+
 #define TC_THREADS 128
 #define TC_WM (TC_TILE_M / 2)      // rows of a warp's sub-tile
 #define TC_WN (TC_TILE_N / 2)      // columns of a warp's sub-tile

@@ -1,9 +1,9 @@
 // Compile-time configuration and shared-memory layout of the fully fused MLP
-// kernels (fused_mlp.cu).  See FUSED.md for the design; the NumPy emulation
-// kernels/fused_mlp_emulation.py mirrors every constant and loop order here.
+// kernels (fused_mlp.cu).  See FUSED.md for the design.
 //
-// Every size is a preprocessor define with an #ifndef default, so the
-// launcher (gpubackprop/backends/fused_backend.py) can inject its own with -D.
+// Every size is a preprocessor define injected with -D from the one table
+// gpubackprop.kernels.FUSED (FUSED_MIN_BLOCKS: __launch_bounds__' minimum
+// blocks per SM); there are no defaults here.
 //
 //   FUSED_TILE_B    rows of the batch per thread block (a tile), multiple of 16
 //   FUSED_MAX_W     widest layer output (hidden and output layers) the kernels
@@ -28,28 +28,10 @@
 #ifndef GPUBACKPROP_FUSED_MLP_CUH
 #define GPUBACKPROP_FUSED_MLP_CUH
 
-#ifndef REAL
-#define REAL float
-#endif
-#ifndef FUSED_TILE_B
-#define FUSED_TILE_B 64
-#endif
-#ifndef FUSED_MAX_W
-#define FUSED_MAX_W 128
-#endif
-#ifndef FUSED_PAD
-#define FUSED_PAD 16
-#endif
-#ifndef FUSED_KC
-#define FUSED_KC 32
-#endif
-#ifndef FUSED_MAX_LAYERS
-#define FUSED_MAX_LAYERS 8
+#if !defined(REAL) || !defined(FUSED_TILE_B) || !defined(FUSED_MAX_W) || !defined(FUSED_PAD) || !defined(FUSED_KC) || !defined(FUSED_MAX_LAYERS) || !defined(FUSED_MIN_BLOCKS)
+#error "compile with the -D defines of FUSED (gpubackprop.kernels.defines): REAL, FUSED_TILE_B, FUSED_MAX_W, FUSED_PAD, FUSED_KC, FUSED_MAX_LAYERS, FUSED_MIN_BLOCKS"
 #endif
 
-#ifndef FUSED_MIN_BLOCKS
-#define FUSED_MIN_BLOCKS 1     // __launch_bounds__ minimum blocks per SM (register budget)
-#endif
 
 #define FUSED_THREADS 256
 #define FUSED_TM (FUSED_TILE_B / 16)   // rows per thread in the row-major GEMMs

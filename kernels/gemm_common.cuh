@@ -1,8 +1,11 @@
 // Shared compile-time configuration of the tiled GEMM kernels
 // (dense_forward.cu, delta_propagate.cu, weight_update.cu).
 //
-// Every tile size is a preprocessor define so the launcher can inject it
-// (-D TILE_M=64 ...); the values below are only the defaults.  One thread
+// Every tile size is a preprocessor define injected by the launcher from
+// gpubackprop.kernels.GEMM_TILES (-D TILE_M=64 ...); there are no defaults.
+// SMEM_PAD pads shared tiles stored transposed (As[k][m] from a K-contiguous
+// global row): with a row stride == 2 (mod 32) a warp's 32 stores (16 k's x
+// 2 rows) hit 32 different banks.  One thread
 // block computes a TILE_M x TILE_N tile of the output, stepping through the
 // reduction dimension TILE_K at a time through shared memory; each thread
 // keeps a THREAD_M x THREAD_N register micro-tile of accumulators.  The
@@ -12,30 +15,10 @@
 #ifndef GPUBACKPROP_GEMM_COMMON_CUH
 #define GPUBACKPROP_GEMM_COMMON_CUH
 
-#ifndef REAL
-#define REAL float
+#if !defined(REAL) || !defined(TILE_M) || !defined(TILE_N) || !defined(TILE_K) || !defined(THREAD_M) || !defined(THREAD_N) || !defined(SMEM_PAD)
+#error "compile with the -D defines of GEMM_TILES (gpubackprop.kernels.defines): REAL, TILE_M, TILE_N, TILE_K, THREAD_M, THREAD_N, SMEM_PAD"
 #endif
-#ifndef TILE_M
-#define TILE_M 64
-#endif
-#ifndef TILE_N
-#define TILE_N 64
-#endif
-#ifndef TILE_K
-#define TILE_K 16
-#endif
-#ifndef THREAD_M
-#define THREAD_M 4
-#endif
-#ifndef THREAD_N
-#define THREAD_N 4
-#endif
-// Padding of shared tiles that are stored transposed (As[k][m] from a
-// K-contiguous global row).  With a row stride == 2 (mod 32) the 32 stores of
-// a warp (16 k's x 2 rows) hit 32 different banks.
-#ifndef SMEM_PAD
-#define SMEM_PAD 2
-#endif
+
 
 #define NTX (TILE_N / THREAD_N)   // threads along the output columns
 #define NTY (TILE_M / THREAD_M)   // threads along the output rows

@@ -1,38 +1,49 @@
 // weight_update: the weight gradient fused with the SGD step, so dW is never
-// written to memory.  Two kernels, launched one after the other on the same
-// stream (they touch disjoint outputs, so their order does not matter):
+// written to memory.  Three kernels on one stream:
 //
 //   weight_update  g = scale * delta.T @ a_prev (+ weight_decay * W)
 //                  momentum != 0:  vW = momentum * vW + g;  g = vW
 //                  W -= lr * g                                (mode 1, GB_SGD)
 //                  or just dW = scale * delta.T @ a_prev      (mode 0, GB_GRADIENT)
 //   bias_update    the same for b with g = scale * delta.sum(0)
+//   update_reduce  (only when the batch is split, see below)
 //
 // Layouts (row-major, contiguous):
 //   delta (B, N=n_out)   a_prev (B, K=n_in)   W, vW, dW (N, K)   b, vb, db (N,)
+//   part (chunks, N*K + N): per batch chunk, [dW partial | db partial]
 // A "TN" GEMM over the batch: output rows are neurons j of this layer
 // (n_out), output columns neurons k of the previous one (n_in), the
 // reduction runs over the B examples.  Both operands are copied straight
 // into shared memory (Ds[r][j] = delta[b0+r, j0+j], As[r][k] =
 // a_prev[b0+r, k0+k]), coalesced and conflict-free.
 //
-// Deterministic: each output element is owned by one thread that sums the
-// batch in a fixed order; the bias reduction is a fixed-shape tree in shared
-// memory.  No atomics.
+// Batch split (issue 11): a narrow layer has few output tiles (width 64: one),
+// so one block per tile would walk the whole batch on one SM.  The launcher
+// splits the batch into `chunks` ranges of `rows` examples (grid.z of
+// weight_update, grid.y of bias_update); with chunks > 1 each block writes
+// its range's unscaled partial sums to part[chunk], and update_reduce (one
+// thread per parameter) sums the chunks in the fixed order 0, 1, ...,
+// chunks-1, then scales and applies the mode.  With chunks == 1 the first two
+// kernels apply the mode themselves and update_reduce is not launched.
 //
-// Launch: weight_update grid (ceil(N/TILE_M), ceil(K/TILE_N)), block (NTHREADS,);
-//         bias_update   grid (ceil(N/32),), block (32, BIAS_ROWS).
+// Deterministic: each output element is owned by one thread that sums its
+// rows in a fixed order; the bias reduction is a fixed-shape tree in shared
+// memory; chunks are reduced in a fixed order.  No atomics.
+//
+// Launch: weight_update grid (ceil(N/TILE_M), ceil(K/TILE_N), chunks), block (NTHREADS,);
+//         bias_update   grid (ceil(N/32), chunks), block (32, BIAS_ROWS);
+//         update_reduce grid (min(ceil((N*K+N)/256), 4096),), block (256,).
 // Pointers not used by a mode (vW/vb without momentum, dW/db in mode 1,
-// W/b/vW/vb in mode 0) are never dereferenced: they may be null or alias the
-// used ones (the launcher passes the used buffer), so W, vW, dW, b, vb, db are
-// not declared __restrict__.
+// W/b/vW/vb in mode 0, part with one chunk) are never dereferenced: they may
+// alias the used ones (the launcher passes the used buffer), so W, vW, dW, b,
+// vb, db, part are not declared __restrict__.
 #include "gemm_common.cuh"
 
 #define GB_GRADIENT 0
 #define GB_SGD 1
 
-#ifndef BIAS_ROWS
-#define BIAS_ROWS 8
+#if !defined(BIAS_ROWS)
+#error "compile with the -D defines of BIAS_ROWS (gpubackprop.kernels.defines): BIAS_ROWS"
 #endif
 
 __device__ __forceinline__ void gb_sgd_apply(REAL* p, REAL* v, long long idx, REAL g,
@@ -49,10 +60,20 @@ __device__ __forceinline__ void gb_sgd_apply(REAL* p, REAL* v, long long idx, RE
     p[idx] = w - lr * g;
 }
 
+// the gradient entry g of parameter idx: written (GRADIENT) or applied (SGD)
+__device__ __forceinline__ void gb_finish(REAL* p, REAL* v, REAL* d, long long idx, REAL g,
+                                          REAL lr, REAL momentum, REAL weight_decay, int mode)
+{
+    if (mode == GB_GRADIENT)
+        d[idx] = g;
+    else
+        gb_sgd_apply(p, v, idx, g, lr, momentum, weight_decay);
+}
+
 extern "C" __global__ void __launch_bounds__(NTHREADS)
 weight_update(const REAL* __restrict__ delta, const REAL* __restrict__ a_prev,
-              REAL* W, REAL* vW, REAL* dW,
-              int B, int N, int K, REAL scale, REAL lr, REAL momentum,
+              REAL* W, REAL* vW, REAL* dW, REAL* part,
+              int B, int N, int K, int rows, REAL scale, REAL lr, REAL momentum,
               REAL weight_decay, int mode)
 {
     __shared__ REAL Ds[TILE_K][TILE_M];  // Ds[r][j] = delta[b0+r, j0+j]
@@ -63,11 +84,13 @@ weight_update(const REAL* __restrict__ delta, const REAL* __restrict__ a_prev,
     const int ty = tid / NTX;
     const int j0 = blockIdx.x * TILE_M;  // rows of W (this layer's neurons)
     const int k0 = blockIdx.y * TILE_N;  // columns of W (previous layer's neurons)
+    const long long b_begin = (long long)blockIdx.z * rows;     // this chunk of the batch
+    const long long b_end = min(b_begin + rows, (long long)B);
 
     REAL acc[THREAD_M][THREAD_N];
     gb_zero_tile(acc);
 
-    for (long long b0 = 0; b0 < B; b0 += TILE_K) {
+    for (long long b0 = b_begin; b0 < b_end; b0 += TILE_K) {
 #pragma unroll
         for (int l = 0; l < GB_LOADS(TILE_K * TILE_M); ++l) {
             const int e = tid + l * NTHREADS;
@@ -75,7 +98,7 @@ weight_update(const REAL* __restrict__ delta, const REAL* __restrict__ a_prev,
                 const int r = e / TILE_M, c = e % TILE_M;
                 const long long b = b0 + r;
                 const int j = j0 + c;
-                Ds[r][c] = (b < B && j < N) ? delta[b * N + j] : (REAL)0;
+                Ds[r][c] = (b < b_end && j < N) ? delta[b * N + j] : (REAL)0;
             }
         }
 #pragma unroll
@@ -85,7 +108,7 @@ weight_update(const REAL* __restrict__ delta, const REAL* __restrict__ a_prev,
                 const int r = e / TILE_N, c = e % TILE_N;
                 const long long b = b0 + r;
                 const int k = k0 + c;
-                As[r][c] = (b < B && k < K) ? a_prev[b * K + k] : (REAL)0;
+                As[r][c] = (b < b_end && k < K) ? a_prev[b * K + k] : (REAL)0;
             }
         }
         __syncthreads();
@@ -94,6 +117,7 @@ weight_update(const REAL* __restrict__ delta, const REAL* __restrict__ a_prev,
         __syncthreads();
     }
 
+    REAL* chunk_part = part + (long long)blockIdx.z * ((long long)N * K + N);
 #pragma unroll
     for (int i = 0; i < THREAD_M; ++i) {
         const int jr = j0 + ty + i * NTY;
@@ -105,36 +129,56 @@ weight_update(const REAL* __restrict__ delta, const REAL* __restrict__ a_prev,
             if (kc >= K)
                 continue;
             const long long idx = (long long)jr * K + kc;
-            const REAL g = scale * acc[i][j];
-            if (mode == GB_GRADIENT)
-                dW[idx] = g;
+            if (gridDim.z > 1)
+                chunk_part[idx] = acc[i][j];
             else
-                gb_sgd_apply(W, vW, idx, g, lr, momentum, weight_decay);
+                gb_finish(W, vW, dW, idx, scale * acc[i][j], lr, momentum, weight_decay, mode);
         }
     }
 }
 
 extern "C" __global__ void __launch_bounds__(32 * BIAS_ROWS)
-bias_update(const REAL* __restrict__ delta, REAL* b, REAL* vb, REAL* db, int B, int N,
-            REAL scale, REAL lr, REAL momentum, REAL weight_decay, int mode)
+bias_update(const REAL* __restrict__ delta, REAL* b, REAL* vb, REAL* db, REAL* part,
+            int B, int N, int K, int rows, REAL scale, REAL lr, REAL momentum,
+            REAL weight_decay, int mode)
 {
-    __shared__ REAL part[BIAS_ROWS][33];
+    __shared__ REAL sums[BIAS_ROWS][33];
     const int j = blockIdx.x * 32 + threadIdx.x;
+    const long long b_begin = (long long)blockIdx.y * rows;
+    const long long b_end = min(b_begin + rows, (long long)B);
     REAL s = (REAL)0;
     if (j < N)
-        for (long long r = threadIdx.y; r < B; r += BIAS_ROWS)
+        for (long long r = b_begin + threadIdx.y; r < b_end; r += BIAS_ROWS)
             s += delta[r * N + j];  // a warp reads 32 consecutive columns
-    part[threadIdx.y][threadIdx.x] = s;
+    sums[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
     if (threadIdx.y == 0 && j < N) {
         REAL t = (REAL)0;
 #pragma unroll
         for (int y = 0; y < BIAS_ROWS; ++y)  // fixed order: deterministic
-            t += part[y][threadIdx.x];
-        const REAL g = scale * t;
-        if (mode == GB_GRADIENT)
-            db[j] = g;
+            t += sums[y][threadIdx.x];
+        if (gridDim.y > 1)
+            part[(long long)blockIdx.y * ((long long)N * K + N) + (long long)N * K + j] = t;
         else
-            gb_sgd_apply(b, vb, j, g, lr, momentum, weight_decay);
+            gb_finish(b, vb, db, j, scale * t, lr, momentum, weight_decay, mode);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+update_reduce(const REAL* __restrict__ part, int chunks, REAL* W, REAL* vW, REAL* dW,
+              REAL* b, REAL* vb, REAL* db, int N, int K, REAL scale, REAL lr,
+              REAL momentum, REAL weight_decay, int mode)
+{
+    const long long NK = (long long)N * K, P = NK + N;
+    for (long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x; p < P;
+         p += (long long)gridDim.x * blockDim.x) {
+        REAL g = (REAL)0;
+        for (int c = 0; c < chunks; ++c)       // chunks in a fixed order
+            g += part[(long long)c * P + p];
+        g *= scale;
+        if (p < NK)
+            gb_finish(W, vW, dW, p, g, lr, momentum, weight_decay, mode);
+        else
+            gb_finish(b, vb, db, p - NK, g, lr, momentum, weight_decay, mode);
     }
 }
