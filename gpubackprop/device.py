@@ -17,7 +17,8 @@ INSTALL_HINT = ("install CuPy for your CUDA version: pip install 'gpubackprop[cu
 
 
 class Device:
-    """A place for arrays: `kind` is "cpu" or "cuda", `index` the GPU number."""
+    """A place for arrays: `kind` is "cpu", "cuda" or "cuda-emulator" (the CUDA C
+    kernels compiled for this CPU, arrays in host memory), `index` the GPU number."""
 
     def __init__(self, kind, index=None):
         self.kind = kind
@@ -25,7 +26,7 @@ class Device:
 
     @property
     def xp(self):
-        """The array module of this device: numpy or cupy."""
+        """The array module of this device: numpy or cupy (numpy on the emulator)."""
         return import_cupy() if self.kind == "cuda" else np
 
     def asarray(self, array, dtype=None):
@@ -36,7 +37,7 @@ class Device:
         if isinstance(array, Tensor):
             array = array.data
         on_gpu = is_cupy_array(array)
-        if self.kind == "cpu":
+        if self.kind != "cuda":
             if on_gpu:
                 array = to_host(array)
             return np.asarray(array, dtype=dtype)
@@ -53,7 +54,7 @@ class Device:
             import_cupy().cuda.Device(self.index).synchronize()
 
     def __str__(self):
-        return "cpu" if self.kind == "cpu" else f"cuda:{self.index}"
+        return self.kind if self.kind != "cuda" else f"cuda:{self.index}"
 
     def __repr__(self):
         return f"device({str(self)!r})"
@@ -140,13 +141,29 @@ def cuda_status():
 
 
 def available_devices():
-    """Names of the usable devices, CPU first: ['cpu', 'cuda:0', ...]."""
+    """Names of the usable devices, CPU first: ['cpu', 'cuda:0', ..., 'cuda-emulator']
+    (the emulator when a C++17 compiler is there: emulator_status)."""
     n, _ = cuda_status()
-    return ["cpu"] + [f"cuda:{i}" for i in range(n)]
+    return ["cpu"] + [f"cuda:{i}" for i in range(n)] + \
+        (["cuda-emulator"] if emulator_status()[0] else [])
+
+
+@functools.lru_cache(maxsize=1)
+def emulator_status():
+    """(compiler, reason): the C++17 compiler the cuda-emulator device builds
+    kernels with ("g++ (Debian 12.2.0) ..."), or None and why there is none
+    (which compilers were tried)."""
+    from .backends.gpu_common import kernels_package
+
+    try:
+        path, version = kernels_package().emulator.find_compiler()
+    except RuntimeError as exc:
+        return None, str(exc)
+    return f"{version} ({path})", ""
 
 
 def device(spec="auto"):
-    """A Device from "cpu", "cuda", "cuda:N", "auto" or a Device.
+    """A Device from "cpu", "cuda", "cuda:N", "cuda-emulator", "auto" or a Device.
 
     "auto" is the first CUDA device when one is usable, else the CPU (with a
     one-line notice on stderr saying why CUDA is not used).  "cuda" where
@@ -158,11 +175,15 @@ def device(spec="auto"):
         raise TypeError(f"device must be a string ('cpu', 'cuda', 'cuda:N', 'auto') "
                         f"or a Device; got {type(spec).__name__}")
     kind, _, index = spec.strip().lower().partition(":")
-    kind = choice("device", kind, ("cpu", "cuda", "auto", "gpu"))
-    if kind == "cpu":
+    kind = choice("device", kind, ("cpu", "cuda", "auto", "gpu", "cuda_emulator"))
+    kind = kind.replace("_", "-")
+    if kind in ("cpu", "cuda-emulator"):
         if index:
-            raise ValueError(f"device 'cpu' takes no index; got {spec!r}")
-        return Device("cpu")
+            raise ValueError(f"device {kind!r} takes no index; got {spec!r}")
+        if kind == "cuda-emulator" and not emulator_status()[0]:
+            raise RuntimeError(f"device 'cuda-emulator' was asked for, but "
+                               f"{emulator_status()[1]}")
+        return Device(kind)
     n, reason = cuda_status()
     if kind == "auto":
         if index:
