@@ -95,7 +95,7 @@ def test_save_then_load_round_trips_exactly(problem, dtype):
     sizes, hidden, output, _, _, batch, seed = problem
     net = build(sizes, hidden, output, seed, dtype=dtype)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "net.npz"
+        path = Path(tmp) / "net.safetensors"
         net.save(path)
         back = gb.load(path)
     assert back.sizes == net.sizes and back.dtype == dtype
@@ -134,13 +134,13 @@ def test_checkpoints_round_trip_and_resume_exactly(problem, momentum, n, every, 
         assume(False)
     with tempfile.TemporaryDirectory() as tmp:
         whole = _trainer(*args)                 # checkpoints, never interrupted
-        whole.fit(X, Y, epochs=epochs, checkpoint=Path(tmp) / "whole.npz",
+        whole.fit(X, Y, epochs=epochs, checkpoint=Path(tmp) / "whole.safetensors",
                   checkpoint_every=every)
     for (W, b), (W2, b2) in zip(whole.net.params, plain.net.params):
         assert np.array_equal(W, W2) and np.array_equal(b, b2)
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "ckpt.npz"
+        path = Path(tmp) / "ckpt.safetensors"
         # a run that stops (as if killed) after `stop_after` steps ...
         first = _trainer(*args)
         inner, done = first._steps, [0]
