@@ -18,13 +18,13 @@ import gzip
 import importlib.resources
 import numbers
 import os
-import struct
-import zlib
 from collections import namedtuple
 
 import numpy as np
 
 from . import checks
+from . import idx
+from .idx import MAX_BYTES, check_budget, read_idx
 
 __all__ = ["Split", "load_digits", "read_idx", "load_mnist", "make_teacher",
            "make_xor", "load"]
@@ -118,146 +118,6 @@ def load_digits(test_fraction=0.25, seed=0, dtype="float64"):
                  pixels[test].astype(dtype) / scale, labels[test].copy())
 
 
-# ---------------------------------------------------------------------- IDX
-
-# IDX type codes (third byte of the magic number) -> big-endian dtypes.
-_IDX_TYPES = {
-    0x08: np.dtype("u1"),
-    0x09: np.dtype("i1"),
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-_IDX_MAX_ELEMENTS = 2 ** 31
-_GZIP_MAGIC = b"\x1f\x8b"
-_CHUNK = 1 << 20
-# What a corrupt gzip stream can raise (BadGzipFile is an OSError).
-_GZIP_ERRORS = (OSError, EOFError, zlib.error)
-
-
-def _idx_error(path, problem):
-    return ValueError(f"cannot read IDX file {os.fspath(path)!r}: {problem}")
-
-
-def _read_exactly(stream, n, path, what):
-    data = stream.read(n)
-    if len(data) != n:
-        raise _idx_error(path, f"truncated: file ends inside the {what} "
-                               f"({len(data)} of {n} bytes)")
-    return data
-
-
-def _parse_idx_header(stream, path):
-    """Read the magic number and the dimensions.
-
-    Returns (dtype, shape, data_bytes, header_bytes): data_bytes is the size of
-    the data the header announces, header_bytes the size of the header itself.
-    """
-    magic = _read_exactly(stream, 4, path, "4-byte magic number")
-    if magic[0] != 0 or magic[1] != 0:
-        raise _idx_error(path, f"bad magic number {magic.hex()}: an IDX file starts "
-                               f"with two zero bytes")
-    code, ndim = magic[2], magic[3]
-    if code not in _IDX_TYPES:
-        known = ", ".join(f"0x{c:02X}" for c in _IDX_TYPES)
-        raise _idx_error(path, f"unknown data type code 0x{code:02X} (known: {known})")
-    if not 1 <= ndim <= 4:
-        raise _idx_error(path, f"{ndim} dimensions; expected 1 to 4")
-    shape = struct.unpack(f">{ndim}I", _read_exactly(stream, 4 * ndim, path, "dimension sizes"))
-    n_elements = 1
-    for size in shape:
-        n_elements *= size
-    if n_elements > _IDX_MAX_ELEMENTS:
-        raise _idx_error(path, f"header claims shape {shape} = {n_elements} elements, "
-                               f"more than the limit of 2**31")
-    dtype = _IDX_TYPES[code]
-    return dtype, shape, n_elements * dtype.itemsize, 4 + 4 * ndim
-
-
-def _size_mismatch(path, shape, dtype, expected, actual, at_least=False):
-    """The error for a data size (`actual` bytes, or more with at_least) != the header's."""
-    problem = "truncated" if actual < expected else "trailing bytes"
-    holds = f"more than {expected}" if at_least else str(actual)
-    return _idx_error(path, f"{problem}: header claims shape {shape} of {dtype.name} "
-                            f"= {expected} data bytes, the file holds {holds}")
-
-
-def _read_raw_payload(stream, path, shape, dtype, expected, header_bytes):
-    """The data bytes of an uncompressed file, checked against its size first."""
-    actual = os.fstat(stream.fileno()).st_size - header_bytes
-    if actual != expected:
-        raise _size_mismatch(path, shape, dtype, expected, actual)
-    payload = bytearray(expected)
-    if stream.readinto(payload) != expected:
-        raise _idx_error(path, "truncated while reading (file changed?)")
-    return payload
-
-
-def _read_gz_payload(stream, path, shape, dtype, expected):
-    """The data bytes of a gzip stream, read in chunks up to expected + 1 bytes.
-
-    Memory grows with what actually decompresses, never with what the header claims.
-    """
-    payload = bytearray()
-    while len(payload) <= expected:
-        chunk = stream.read(min(_CHUNK, expected + 1 - len(payload)))
-        if not chunk:
-            break
-        payload += chunk
-    if len(payload) != expected:
-        raise _size_mismatch(path, shape, dtype, expected, len(payload),
-                             at_least=len(payload) > expected)
-    return payload
-
-
-def _to_array(payload, dtype, shape):
-    """A writable native-endian array over the payload bytes."""
-    if not payload:
-        return np.empty(shape, dtype=dtype.newbyteorder("="))
-    array = np.frombuffer(payload, dtype=dtype).reshape(shape)
-    if not dtype.isnative:
-        array = array.byteswap(inplace=True).view(dtype.newbyteorder("="))
-    return array
-
-
-def read_idx(path):
-    """Read an IDX file (the MNIST format), raw or gzip-compressed, into an array.
-
-    Compression is recognised by the gzip magic bytes, whatever the file name.
-    The result has the shape stored in the header and the dtype of its type
-    code (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32, 0x0D float32,
-    0x0E float64), converted to native byte order; it is writable.
-
-    The file is treated as untrusted: a bad magic number, an unknown type
-    code, 0 or more than 4 dimensions, more than 2**31 elements, a size that
-    does not match the data present, truncation or a corrupt gzip stream all
-    raise ``ValueError`` naming the file. The header is checked against the
-    real (or decompressed) size before anything of the claimed size is
-    allocated. A missing file raises ``FileNotFoundError``.
-    """
-    with open(path, "rb") as stream:
-        compressed = stream.read(2) == _GZIP_MAGIC
-        stream.seek(0)
-        if not compressed:
-            try:
-                dtype, shape, expected, header_bytes = _parse_idx_header(stream, path)
-            except ValueError as exc:
-                if os.fsdecode(path).endswith(".gz"):
-                    raise ValueError(f"{exc} (the name ends in .gz but the file is "
-                                     f"not gzip-compressed)") from None
-                raise
-            payload = _read_raw_payload(stream, path, shape, dtype, expected, header_bytes)
-            return _to_array(payload, dtype, shape)
-        try:
-            with gzip.GzipFile(fileobj=stream, mode="rb") as unzipped:
-                dtype, shape, expected, _ = _parse_idx_header(unzipped, path)
-                payload = _read_gz_payload(unzipped, path, shape, dtype, expected)
-        except _GZIP_ERRORS as exc:
-            raise _idx_error(path, f"corrupt gzip data ({type(exc).__name__}: {exc})") from None
-    return _to_array(payload, dtype, shape)
-
-
 # -------------------------------------------------------------------- MNIST
 
 _MNIST_FILES = {
@@ -279,15 +139,19 @@ def _find_mnist_file(directory, name):
     tried = _candidates(name)
     for candidate in tried:
         path = os.path.join(directory, candidate)
-        if os.path.isfile(path):
+        if os.path.exists(path):      # read_idx refuses what is not a regular file
             return path
     raise FileNotFoundError(f"MNIST file {name!r} not found in {directory!r}; "
                             f"looked for: {', '.join(tried)}")
 
 
-def _mnist_images(path, dtype):
-    """(n, rows*cols) floats in [0, 1] from an IDX file of uint8 images."""
-    images = read_idx(path)
+def _mnist_images(path, dtype, max_bytes):
+    """(n, rows*cols) floats in [0, 1] from an IDX file of uint8 images.
+
+    The uint8 pixels become `dtype` directly (no float64 step): the peak is
+    the file's bytes plus the result, and the result (itemsize bytes per
+    pixel) is what `max_bytes` bounds."""
+    images = idx.read(path, max_bytes, as_dtype=dtype)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise ValueError(f"{path!r}: expected uint8 images of shape (n, rows, cols); "
                          f"got {images.dtype.name} of shape {images.shape}")
@@ -296,9 +160,9 @@ def _mnist_images(path, dtype):
     return flat
 
 
-def _mnist_labels(path, n_images, images_path):
+def _mnist_labels(path, n_images, images_path, max_bytes):
     """(n,) int64 class indices 0..9, as many as there are images."""
-    labels = read_idx(path)
+    labels = idx.read(path, max_bytes, as_dtype=np.int64)
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise ValueError(f"{path!r}: expected integer labels of shape (n,); "
                          f"got {labels.dtype.name} of shape {labels.shape}")
@@ -312,21 +176,25 @@ def _mnist_labels(path, n_images, images_path):
     return labels.astype(np.int64)
 
 
-def _mnist_pair(directory, kind, dtype):
+def _mnist_pair(directory, kind, dtype, max_bytes):
     images_path = _find_mnist_file(directory, _MNIST_FILES[kind + "_images"])
     labels_path = _find_mnist_file(directory, _MNIST_FILES[kind + "_labels"])
-    X = _mnist_images(images_path, dtype)
-    return X, _mnist_labels(labels_path, len(X), images_path)
+    X = _mnist_images(images_path, dtype, max_bytes)
+    return X, _mnist_labels(labels_path, len(X), images_path, max_bytes)
 
 
-def load_mnist(directory, test=True, dtype="float64"):
+def load_mnist(directory, test=True, dtype="float32", max_bytes=MAX_BYTES):
     """MNIST (or Fashion-MNIST) from the four IDX files in ``directory``.
 
     Looks for ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
     ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``, each raw or
     with ``.gz``, also spelled ``train-images.idx3-ubyte`` as some mirrors do.
-    Images are flattened to ``(n, 784)`` and scaled to [0, 1]; labels are
-    ``(n,)`` int64 class indices 0..9.
+    Images are flattened to ``(n, 784)`` and scaled to [0, 1] in ``dtype``
+    (float32 by default: 4 bytes a pixel, 188 MB for MNIST's training set;
+    the uint8 pixels are converted directly, with no float64 step); labels
+    are ``(n,)`` int64 class indices 0..9.  ``max_bytes`` bounds each array
+    built (default ``idx.MAX_BYTES``, 1 GiB): a file whose header claims more
+    is refused with a ValueError before anything of that size is allocated.
 
     With ``test=True`` the test part is the official test set (10,000 images).
     With ``test=False`` the t10k files are not read and the last sixth of the
@@ -338,13 +206,14 @@ def load_mnist(directory, test=True, dtype="float64"):
     if not isinstance(test, (bool, np.bool_)):
         raise TypeError(f"test must be True or False; got {test!r}")
     dtype = checks.dtype_name("dtype", dtype)
+    max_bytes = check_budget(max_bytes)
     directory = os.path.expanduser(os.fspath(directory))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"MNIST directory {directory!r} does not exist "
                                 f"or is not a directory")
-    X_train, y_train = _mnist_pair(directory, "train", dtype)
+    X_train, y_train = _mnist_pair(directory, "train", dtype, max_bytes)
     if test:
-        X_test, y_test = _mnist_pair(directory, "test", dtype)
+        X_test, y_test = _mnist_pair(directory, "test", dtype, max_bytes)
         if X_test.shape[1] != X_train.shape[1]:
             raise ValueError(f"{directory!r}: training images have {X_train.shape[1]} pixels, "
                              f"test images {X_test.shape[1]}")

@@ -237,13 +237,21 @@ _FUZZ_DIR = tempfile.mkdtemp(prefix="gpubackprop-idx-fuzz-")
 
 
 def _only_value_error(payload):
+    """read_idx answers an array or a ValueError, within a bounded memory:
+    nothing allocated grows with what a header claims (tracemalloc sees
+    NumPy's and Python's allocations)."""
     path = os.path.join(_FUZZ_DIR, "fuzz.idx")
     with open(path, "wb") as f:
         f.write(payload)
+    tracemalloc.start()
     try:
         data.read_idx(path)
     except ValueError:
         pass
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak < 4 * 2 ** 20
 
 
 header_like = st.builds(
@@ -317,9 +325,9 @@ def test_load_mnist(tmp_path, compress, dotted):
     arrays = fake_mnist(tmp_path / "mnist", compress=compress, dotted=dotted)
     split = data.load_mnist(tmp_path / "mnist")
     assert split.X_train.shape == (12, 784) and split.X_test.shape == (5, 784)
-    assert split.X_train.dtype == np.float64 and split.y_train.dtype == np.int64
-    np.testing.assert_allclose(split.X_train * 255,
-                               arrays["train-images-idx3-ubyte"].reshape(12, 784))
+    assert split.X_train.dtype == np.float32 and split.y_train.dtype == np.int64  # the default
+    pixels = arrays["train-images-idx3-ubyte"].reshape(12, 784)
+    np.testing.assert_allclose(split.X_train, pixels / 255.0, rtol=1e-7)    # float64 reference
     np.testing.assert_array_equal(split.y_test, arrays["t10k-labels-idx1-ubyte"])
     assert 0.0 <= split.X_test.min() and split.X_test.max() <= 1.0
 
@@ -476,3 +484,102 @@ def test_make_xor_bad_arguments():
         data.make_xor(n_samples=True)
     with pytest.raises(TypeError, match="dtype"):
         data.make_xor(dtype=object())
+
+
+# ------------------------------------------- byte budget, non-regular files (issue 14)
+
+def _peak(call):
+    """(result or exception, peak traced bytes) of call()."""
+    tracemalloc.start()
+    try:
+        try:
+            out = call()
+        except Exception as exc:          # the caller checks which
+            out = exc
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_idx_budget_counts_bytes_not_elements(tmp_path):
+    # 2**28 float64 values (2 GiB) are under the old 2**31-element cap; 64 MiB of
+    # real zeros behind that header used to be decompressed before the refusal
+    header = bytes([0, 0, 0x0E, 1]) + struct.pack(">I", 2 ** 28)
+    path = write(tmp_path / "big.gz", header + bytes(64 << 20), compress=True)
+    err, peak = _peak(lambda: data.read_idx(path))
+    assert isinstance(err, ValueError) and "2147483648 bytes, more than the limit" in str(err)
+    assert peak < 4 * 2 ** 20
+    # an int32 file of 2**29 elements (2 GiB): refused by bytes, raw too
+    header = bytes([0, 0, 0x0C, 1]) + struct.pack(">I", 2 ** 29)
+    with pytest.raises(ValueError, match="more than the limit of 1073741824 bytes"):
+        data.read_idx(write(tmp_path / "int32.idx", header + bytes(16)))
+
+
+def test_idx_max_bytes_is_overridable_and_checked(tmp_path):
+    path = write(tmp_path / "x.idx", GOOD)                 # 24 uint8 values
+    with pytest.raises(ValueError, match="24 bytes, more than the limit of 23 bytes"):
+        data.read_idx(path, max_bytes=23)
+    np.testing.assert_array_equal(data.read_idx(path, max_bytes=24),
+                                  np.arange(24).reshape(2, 3, 4))
+    with pytest.raises(ValueError, match="max_bytes must be an integer >= 1; got 0"):
+        data.read_idx(path, max_bytes=0)
+    with pytest.raises(TypeError, match="max_bytes must be an integer"):
+        data.read_idx(path, max_bytes=1.5)
+
+
+def test_idx_gz_header_beyond_what_deflate_can_expand_is_refused_at_once(tmp_path):
+    header = bytes([0, 0, 0x08, 1]) + struct.pack(">I", 512 << 20)   # 512 MiB < budget
+    path = write(tmp_path / "claims.gz", header + bytes(100), compress=True)
+    with pytest.raises(ValueError, match=r"gzip bytes expand to at most \d+") as info:
+        data.read_idx(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_idx_refuses_a_fifo_without_blocking(tmp_path):
+    import threading
+
+    fifo = tmp_path / "train-images-idx3-ubyte"
+    os.mkfifo(fifo)
+    outcome = []
+    reader = threading.Thread(target=lambda: outcome.append(_peak(lambda: data.read_idx(fifo))),
+                              daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():                      # unblock the reader before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("read_idx blocked on a FIFO")
+    err = outcome[0][0]
+    assert isinstance(err, ValueError) and "FIFO" in str(err) and str(fifo) in str(err)
+    # load_mnist finds the FIFO by name and says what it is (not "not found")
+    write(tmp_path / "train-labels-idx1-ubyte", idx_bytes(np.zeros(3, np.uint8)))
+    with pytest.raises(ValueError, match="it is a FIFO"):
+        data.load_mnist(tmp_path)
+
+
+def test_idx_refuses_a_folder(tmp_path):
+    with pytest.raises(ValueError, match="it is a folder; only regular files are read"):
+        data.read_idx(tmp_path)
+
+
+def test_load_mnist_peak_memory_is_the_file_plus_float32(tmp_path):
+    n = 3000                                        # 2.35 MB of uint8 pixels
+    fake_mnist(tmp_path, n_train=n, n_test=6, compress=True)
+    split, peak = _peak(lambda: data.load_mnist(tmp_path))
+    assert split.X_train.dtype == np.float32
+    pixels = n * 784
+    # the uint8 file data plus the float32 result (+ slack); float64 was 1 + 8 + 8
+    assert peak < 6 * pixels, peak / pixels
+    split64, peak64 = _peak(lambda: data.load_mnist(tmp_path, dtype="float64"))
+    assert split64.X_train.dtype == np.float64 and peak64 < 10 * pixels
+    np.testing.assert_allclose(split.X_train, split64.X_train, rtol=1e-7)
+
+
+def test_load_mnist_max_bytes_bounds_the_float_arrays(tmp_path):
+    fake_mnist(tmp_path, n_train=12)                 # 12 x 784 float32 = 37632 bytes
+    data.load_mnist(tmp_path, max_bytes=12 * 784 * 4)
+    with pytest.raises(ValueError, match=r"= 9408 bytes, 37632 bytes as float32, more than "
+                                         r"the limit of 37631 bytes"):
+        data.load_mnist(tmp_path, max_bytes=12 * 784 * 4 - 1)
+    with pytest.raises(ValueError, match="max_bytes"):
+        data.load_mnist(tmp_path, max_bytes=-1)
