@@ -10,28 +10,36 @@ no pointer tables), and the shared buffers are static arrays sized for the
 network's padded width (`kernels(dtype, wpad)` builds and caches one kernel
 per (dtype, wpad)); on a real GPU the 48 KiB of static shared memory limit
 it to wpad <= 48 in float32 and wpad <= 16 in float64 (static_smem_bytes;
-found by assembling its PTX with ptxas, tests/test_numba_ptx.py).  Its purpose is to run the kernel's indexing
-under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) on tiny shapes:
-tests/test_fused_emulation.py (test_numba_twin_of_forward).
+found by assembling its PTX with ptxas, tests/test_numba_ptx.py).  Its
+purpose is to run the kernel's indexing under the CUDA simulator
+(NUMBA_ENABLE_CUDASIM=1) on tiny shapes: tests/sim/test_fused_twin.py.  The
+activation device function is numba_kernels' (one switch on the codes of
+gpubackprop/activations.py), and importing numba_kernels first applies its
+NumPy shim for numba-cuda.
 """
 import functools
 import math
 
 import numba
 import numpy as np
-from numba import cuda
 
-TILE_B = 64
-MAX_W = 128
-PAD = 16
-KC = 32
-THREADS = 256
+from . import DEFAULT_SHARED_BYTES, FUSED, FUSED_THREADS
+from . import numba_kernels as nk
+from gpubackprop.activations import CODES
+
+cuda = nk.cuda
+# the sizes fused_mlp.cu is built with (kernels/__init__.py)
+TILE_B = FUSED["FUSED_TILE_B"]
+MAX_W = FUSED["FUSED_MAX_W"]
+PAD = FUSED["FUSED_PAD"]
+KC = FUSED["FUSED_KC"]
+THREADS = FUSED_THREADS
 TM = TILE_B // 16
 TN = MAX_W // 16
-SOFTMAX = 6
+SOFTMAX = CODES["softmax"]
 
 
-STATIC_SMEM_LIMIT = 48 * 1024
+STATIC_SMEM_LIMIT = DEFAULT_SHARED_BYTES      # static shared memory: no opt-in above it
 
 
 def _pad(n):
@@ -58,23 +66,8 @@ def kernels(dtype, wpad):
     dt = np.dtype(dtype).type
     LD = wpad + 1          # shared rows padded by one (bank conflicts)
     KC1 = KC + 1           # numba.cuda wants shared shapes as plain constants, not sums
-    zero, one, slope = dt(0), dt(1), dt(0.01)
-
-    @cuda.jit(device=True, inline=True)
-    def sigma(z, code):
-        if code == 1:
-            e = math.exp(-abs(z))
-            r = one / (one + e)
-            return r if z >= zero else e * r
-        if code == 2:
-            return math.tanh(z)
-        if code == 3:
-            return z if z > zero else zero
-        if code == 4:
-            return z if z > zero else slope * z
-        if code == 5:
-            return (z if z > zero else zero) + math.log1p(math.exp(-abs(z)))
-        return z
+    zero = dt(0)
+    sigma = nk.kernels(dtype).sigma
 
     @cuda.jit
     def fused_forward(X, idx, B, L, params, dims, acts, act_out):
@@ -148,7 +141,7 @@ def kernels(dtype, wpad):
                         r = tyy + 16 * i
                         z = acc[i, j] + bn
                         if n < n_out and r < rows:
-                            buf[nxt, r, n] = z if code == SOFTMAX else sigma(z, code)
+                            buf[nxt, r, n] = z if code == SOFTMAX else sigma(code, z)
                         else:
                             buf[nxt, r, n] = zero
             cuda.syncthreads()
@@ -178,8 +171,6 @@ def kernels(dtype, wpad):
 
 def forward(params, acts, X, idx=None, dtype=np.float32):
     """Run the twin of fused_forward (simulator or GPU); returns [a_1, ..., a_L]."""
-    from gpubackprop.activations import CODES
-
     dtype = np.dtype(dtype)
     X = np.ascontiguousarray(X, dtype=dtype)
     idx = np.arange(X.shape[0], dtype=np.int64) if idx is None else np.asarray(idx, np.int64)
@@ -188,9 +179,7 @@ def forward(params, acts, X, idx=None, dtype=np.float32):
     wpad = max(_pad(n) for n in sizes[1:])
     if max(sizes[1:]) > MAX_W:
         raise ValueError(f"layer outputs must be at most {MAX_W} wide")
-    from gpubackprop.backends.numba_cuda import simulator_active
-
-    if not simulator_active() and static_smem_bytes(dtype, wpad) > STATIC_SMEM_LIMIT:
+    if not nk.simulator_active() and static_smem_bytes(dtype, wpad) > STATIC_SMEM_LIMIT:
         raise ValueError(f"the numba twin needs {static_smem_bytes(dtype, wpad)} bytes of "
                          f"static shared memory for width {wpad} in {dtype.name}; a GPU gives "
                          f"{STATIC_SMEM_LIMIT} (the CUDA C kernel has no such limit)")

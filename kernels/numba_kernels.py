@@ -5,105 +5,151 @@ delta_propagate.cu and weight_update.cu (read those files' headers and
 README.md): a shared-memory tiled GEMM with a strided THREAD_M x THREAD_N
 register micro-tile per thread, zero-filled edge tiles, guarded stores and
 the element-wise part (bias + activation, * sigma'(a), the SGD update) fused
-into the epilogue.  The activation switch on the integer code of
-gpubackprop/activations.py is an inlined device function.
+into the epilogue.  The tile sizes are the ones the .cu builds get
+(`GEMM_TILES`, `BIAS_ROWS` in kernels/__init__.py); the activation switch is
+built from the table of gpubackprop/activations.py (its scalar functions,
+compiled as device functions).
 
 Kernels are built per dtype by `kernels(dtype)` (cached): numba needs the
-shared/local array element type as a compile-time constant, so the dtype and
-its constants are closure variables of the factory, and every constant is
-of that dtype so a float32 kernel never promotes to float64.
+shared/local array shapes and element type as compile-time constants, so
+they are closure variables of the factory; the kernels' own constants are of
+that dtype.
 
-The same code runs under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) on
-plain NumPy arrays; that is how tests/sim checks it on a machine without a
-GPU.  Arrays must be 2-D (1-D for biases), row-major and contiguous.
+This module is also where numba.cuda is made ready to compile on a real
+GPU (`prepare_compiler`): the NumPy shim below, and libnvvm located.  The
+same code runs under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) on plain
+NumPy arrays; that is how tests/sim checks it on a machine without a GPU.
+Arrays must be 2-D (1-D for biases), row-major and contiguous.
 """
+import ctypes
 import functools
+import glob
 import math
+import os
+import shutil
+import sys
+import types as pytypes
 
 import numba
 import numpy as np
-from numba import cuda
 
-# ---- compile-time tile sizes (module-level constants) ------------------------
-TILE_M = 64      # output rows per block
-TILE_N = 64      # output columns per block
-TILE_K = 16      # reduction step through shared memory
-THREAD_M = 4     # register micro-tile per thread: THREAD_M x THREAD_N
-THREAD_N = 4
-SMEM_PAD = 2     # padding of the transposed shared tiles (bank conflicts)
-# the padded widths, spelled out: numba.cuda needs a shared array's shape to be
-# constants, and does not fold the sum TILE_M + SMEM_PAD written in the kernel
-TILE_M_PADDED = TILE_M + SMEM_PAD
-TILE_N_PADDED = TILE_N + SMEM_PAD
-NTX = TILE_N // THREAD_N
-NTY = TILE_M // THREAD_M
-NTHREADS = NTX * NTY                 # threads per block (1-D) of the GEMM kernels
-LOADS_MK = (TILE_M * TILE_K + NTHREADS - 1) // NTHREADS
-LOADS_NK = (TILE_N * TILE_K + NTHREADS - 1) // NTHREADS
-BIAS_ROWS = 8                        # bias_update block is (32, BIAS_ROWS)
+# numba-cuda 0.30 registers `overload(np.row_stack)` (guarded only by NumPy >=
+# 2.0) when its array support loads, at the first compile of any kernel.
+# NumPy 2.5 removed np.row_stack (an alias of np.vstack, deprecated since
+# 2.0), so that first compile raises AttributeError.  Give the alias back, only
+# where it is missing, before numba.cuda can compile anything.
+if not hasattr(np, "row_stack"):
+    np.row_stack = np.vstack
 
-# activation codes: gpubackprop/activations.py CODES
-IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTPLUS = 0, 1, 2, 3, 4, 5
-LEAKY_SLOPE = 0.01
-# weight_update / bias_update modes
+from numba import cuda  # noqa: E402  (after the shim)
+
+from . import BIAS_ROWS, GEMM_TILES  # noqa: E402
+
+from gpubackprop import activations  # noqa: E402
+
+# weight_update / bias_update modes (weight_update.cu)
 GRADIENT, SGD = 0, 1
 
+IDENTITY = activations.CODES["identity"]
+
+
+def _device_function(fn):
+    return cuda.jit(device=True, inline="always")(fn)
+
+
+def simulator_active():
+    """Whether `numba.cuda`, as imported in this process, is the CUDA simulator."""
+    flag = getattr(cuda, "simulator_enabled", None)
+    if flag is not None:
+        return bool(flag)
+    return getattr(cuda.jit, "__module__", "").startswith("numba.cuda.simulator")
+
+
+# ---- the compiler's libraries ----------------------------------------------------
+
+def libnvvm_candidates():
+    """Files that may be libnvvm, most specific first: the NVIDIA wheels in
+    sys.path (nvidia-nvvm for CUDA 13, nvidia-cuda-nvcc-cu12), then the CUDA
+    toolkit of the `nvcc` on PATH, then /usr/local/cuda."""
+    roots = [p for p in sys.path if p and os.path.isdir(os.path.join(p, "nvidia"))]
+    patterns = [os.path.join(r, "nvidia", sub, "libnvvm.so*") for r in roots
+                for sub in ("cu13/lib", "cu13/nvvm/lib64", "cuda_nvcc/nvvm/lib64")]
+    nvcc = shutil.which("nvcc")
+    homes = ([os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []) \
+        + ["/usr/local/cuda"]
+    patterns += [os.path.join(h, sub, "libnvvm.so*") for h in homes
+                 for sub in ("nvvm/lib64", "lib64", "lib")]
+    found = []
+    for pattern in patterns:
+        for path in sorted(glob.glob(pattern), reverse=True):
+            if path not in found:
+                found.append(path)
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def prepare_compiler():
+    """Make numba.cuda able to compile here; returns where libnvvm came from.
+
+    numba-cuda asks cuda.pathfinder for libnvvm; when that fails it infers the
+    toolkit from CUDA_HOME/CUDA_PATH, or from nvrtc's folder unless nvrtc came
+    from a wheel (then it gives up).  pathfinder's documented first step is a
+    library already loaded in the process, so a libnvvm found here is loaded
+    before numba-cuda looks.  Raises RuntimeError when none is found."""
+    try:
+        from cuda import pathfinder
+    except ImportError:                 # an older numba-cuda without pathfinder
+        return "numba-cuda's own search"
+    try:
+        return pathfinder.load_nvidia_dynamic_lib("nvvm").abs_path
+    except Exception as exc:            # DynamicLibNotFoundError
+        first = exc
+    for path in libnvvm_candidates():
+        try:
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            return pathfinder.load_nvidia_dynamic_lib("nvvm").abs_path
+        except Exception:
+            continue
+    raise RuntimeError(f"libnvvm (NVVM, numba.cuda's compiler) was not found: {first}; "
+                       "install the CUDA toolkit or pip install nvidia-nvvm")
+
+
+# ---- launch shapes -------------------------------------------------------------------
 
 def _cdiv(a, b):
     return (a + b - 1) // b
-
-
-def gemm_grid(rows, cols):
-    """Grid of a GEMM kernel whose output is (rows, cols)."""
-    return (_cdiv(rows, TILE_M), _cdiv(cols, TILE_N))
-
-
-def bias_grid(n):
-    return (_cdiv(n, 32),)
 
 
 @functools.lru_cache(maxsize=None)
 def kernels(dtype):
     """The kernels for `dtype` (float32 or float64), as a namespace:
     .sigma, .dsigma_from_a (device functions), .dense_forward,
-    .delta_propagate, .weight_update, .bias_update (kernels)."""
+    .delta_propagate, .weight_update, .bias_update (kernels), and their
+    launch shapes: .threads (GEMM block), .gemm_grid(rows, cols),
+    .bias_block, .bias_grid(n)."""
     dt = np.dtype(dtype)
     if dt not in (np.float32, np.float64):
         raise TypeError(f"numba kernels are built for float32 and float64, not {dt}")
+    if not simulator_active():
+        prepare_compiler()
+    t = GEMM_TILES[dt.name]
+    TILE_M, TILE_N, TILE_K = t["TILE_M"], t["TILE_N"], t["TILE_K"]
+    THREAD_M, THREAD_N = t["THREAD_M"], t["THREAD_N"]
+    TILE_M_PADDED, TILE_N_PADDED = TILE_M + t["SMEM_PAD"], TILE_N + t["SMEM_PAD"]
+    NTX, NTY = TILE_N // THREAD_N, TILE_M // THREAD_M
+    NTHREADS = NTX * NTY
+    LOADS_MK = _cdiv(TILE_M * TILE_K, NTHREADS)
+    LOADS_NK = _cdiv(TILE_N * TILE_K, NTHREADS)
+    BIAS_PAD = 33                       # 32 columns + 1 (bank conflicts)
     DT = numba.from_dtype(dt)
     ZERO = dt.type(0)
-    ONE = dt.type(1)
-    SLOPE = dt.type(LEAKY_SLOPE)
 
-    @cuda.jit(device=True, inline="always")
-    def sigma(z, code):
-        if code == SIGMOID:
-            e = math.exp(-abs(z))            # never overflows
-            r = ONE / (ONE + e)
-            return r if z >= ZERO else e * r
-        if code == TANH:
-            return math.tanh(z)
-        if code == RELU:
-            return z if z > ZERO else ZERO
-        if code == LEAKY_RELU:
-            return z if z > ZERO else SLOPE * z
-        if code == SOFTPLUS:
-            return (z if z > ZERO else ZERO) + math.log1p(math.exp(-abs(z)))
-        return z                             # identity
-
-    @cuda.jit(device=True, inline="always")
-    def dsigma_from_a(a, code):
-        if code == SIGMOID:
-            return a * (ONE - a)
-        if code == TANH:
-            return ONE - a * a
-        if code == RELU:
-            return ONE if a > ZERO else ZERO
-        if code == LEAKY_RELU:
-            return ONE if a > ZERO else SLOPE
-        if code == SOFTPLUS:
-            return -math.expm1(-a)
-        return ONE                           # identity
+    # sigma(code, z) and dsigma(code, a): the if-chain over the scalar functions of
+    # gpubackprop/activations.py's TABLE (its Python floats make the float32
+    # epilogue compute in float64: exact where float32 would round, one
+    # conversion per output element)
+    sigma = activations.dispatcher("sigma", _device_function)
+    dsigma_from_a = activations.dispatcher("dsigma", _device_function)
 
     @cuda.jit(device=True, inline="always")
     def sgd_apply(p, v, idx, g, lr, momentum, weight_decay):
@@ -187,7 +233,7 @@ def kernels(dtype):
                 for i in range(THREAD_M):
                     m = m0 + ty + i * NTY
                     if m < M:
-                        out[m, n] = sigma(acc[i, j] + bn, act)
+                        out[m, n] = sigma(act, acc[i, j] + bn)
 
     @cuda.jit
     def delta_propagate(delta, W, a_prev, out, act):
@@ -221,7 +267,7 @@ def kernels(dtype):
                         if act == IDENTITY:
                             out[m, n] = acc[i, j]
                         else:
-                            out[m, n] = acc[i, j] * dsigma_from_a(a_prev[m, n], act)
+                            out[m, n] = acc[i, j] * dsigma_from_a(act, a_prev[m, n])
 
     @cuda.jit
     def weight_update(delta, a_prev, W, vW, dW, scale, lr, momentum, weight_decay, mode):
@@ -267,7 +313,7 @@ def kernels(dtype):
     def bias_update(delta, b, vb, db, scale, lr, momentum, weight_decay, mode):
         """The bias twin of weight_update with g = scale * delta.sum(0);
         block (32, BIAS_ROWS), a fixed-order shared-memory reduction."""
-        part = cuda.shared.array((BIAS_ROWS, 33), DT)
+        part = cuda.shared.array((BIAS_ROWS, BIAS_PAD), DT)
         B = delta.shape[0]
         N = delta.shape[1]
         tx = cuda.threadIdx.x
@@ -289,15 +335,28 @@ def kernels(dtype):
             else:
                 sgd_apply(b, vb, j, g, lr, momentum, weight_decay)
 
-    class Kernels:
-        pass
+    return pytypes.SimpleNamespace(
+        dtype=dt, tiles=dict(t), sigma=sigma, dsigma_from_a=dsigma_from_a,
+        dense_forward=dense_forward, delta_propagate=delta_propagate,
+        weight_update=weight_update, bias_update=bias_update,
+        threads=NTHREADS, bias_block=(32, BIAS_ROWS),
+        gemm_grid=lambda rows, cols: (_cdiv(rows, TILE_M), _cdiv(cols, TILE_N)),
+        bias_grid=lambda n: (_cdiv(n, 32),))
 
-    ns = Kernels()
-    ns.dtype = dt
-    ns.sigma = sigma
-    ns.dsigma_from_a = dsigma_from_a
-    ns.dense_forward = dense_forward
-    ns.delta_propagate = delta_propagate
-    ns.weight_update = weight_update
-    ns.bias_update = bias_update
-    return ns
+
+def probe_ptx(cc):
+    """PTX of a tiny kernel for compute capability `cc` (major, minor):
+    proves numba.cuda can compile here (typing, NVVM, libdevice) without a
+    GPU.  Calls prepare_compiler first."""
+    from numba import types
+
+    prepare_compiler()
+
+    def probe(x, y):
+        i = cuda.grid(1)
+        if i < x.shape[0]:
+            y[i] = math.exp(x[i])
+
+    arr = types.Array(types.float32, 1, "C")
+    ptx, _ = cuda.compile_ptx(probe, (arr, arr), cc=tuple(cc))
+    return ptx

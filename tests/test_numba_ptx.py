@@ -4,9 +4,14 @@ The simulator runs the kernels' Python, but it accepts code the CUDA target
 rejects (a shared-array shape written as a sum, say).  This compiles every
 numba.cuda kernel for sm_80 and sm_90 through numba's real CUDA pipeline
 (typing, NVVM, PTX) and assembles the PTX with ptxas, checking that the
-float32 kernels do not spill.  It runs in a subprocess, because this test
-session has the simulator switched on.  Needs NVRTC's library (the
-nvidia-cuda-nvrtc wheel of the test extra) and ptxas (the CUDA toolkit).
+float32 kernels do not spill.  It also checks the two fixes that make the
+first compile work at all on the GPU machine's stack: NumPy 2.5 without
+np.row_stack (simulated by deleting it), and libnvvm found when numba-cuda's
+own search gives up (nvrtc from a wheel, no CUDA_HOME; simulated).  Each runs
+in a subprocess, because this test session has the simulator switched on.
+Needs NVRTC's library (the nvidia-cuda-nvrtc wheel of the test extra),
+libnvvm (the CUDA toolkit or the nvidia-nvvm wheel) and, for the assembly,
+ptxas (the CUDA toolkit).
 """
 import json
 import os
@@ -49,16 +54,68 @@ BUILD = textwrap.dedent(r"""
 """)
 
 
-def _build(cc, workdir):
+def _python(code, workdir, *args):
+    """Run `code` in a fresh interpreter with the real CUDA target; skip when
+    the compiler's libraries are missing on this machine."""
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     # run outside the checkout: with -c the current folder comes first on sys.path,
     # and the source tree's gpubackprop/ has no kernels/ (the installed one has)
-    r = subprocess.run([sys.executable, "-c", BUILD, cc], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                        env=env, timeout=600, cwd=workdir)
     if r.returncode and ("libnvrtc" in r.stderr or "NVRTC" in r.stderr):
         pytest.skip("NVRTC's library is not installed (pip install nvidia-cuda-nvrtc)")
+    if r.returncode and "libnvvm (NVVM" in r.stderr:
+        pytest.skip("libnvvm is not installed (the CUDA toolkit or pip install nvidia-nvvm)")
     assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout)
+    return r.stdout
+
+
+def _build(cc, workdir):
+    return json.loads(_python(BUILD, workdir, cc))
+
+
+NO_ROW_STACK = textwrap.dedent(r"""
+    import numpy as np
+    del np.row_stack                  # NumPy 2.5 removed it
+    from gpubackprop.backends import numba_cuda
+    assert numba_cuda._probe((9, 0)) is None, numba_cuda._probe((9, 0))
+    assert np.row_stack is np.vstack
+    print(numba_cuda.numba_kernels().probe_ptx((9, 0)).count(".entry"))
+""")
+
+
+def test_first_compile_works_on_numpy_without_row_stack(tmp_path):
+    """numba-cuda 0.30 evaluates np.row_stack at its first compile: without
+    the shim in numba_kernels.py this raises AttributeError."""
+    assert _python(NO_ROW_STACK, tmp_path).strip() == "1"
+
+
+NVVM_NOT_FOUND = textwrap.dedent(r"""
+    import ctypes, os
+    from cuda import pathfinder
+    real = pathfinder.load_nvidia_dynamic_lib
+
+    def search_that_gives_up(name):
+        # numba-cuda's case on the GPU machine: nvrtc from a wheel, no CUDA_HOME,
+        # so only a libnvvm already loaded in the process is found
+        if name == "nvvm":
+            try:
+                ctypes.CDLL("libnvvm.so.4", mode=os.RTLD_NOLOAD)
+            except OSError:
+                raise pathfinder.DynamicLibNotFoundError("nvvm: not found (simulated)")
+        return real(name)
+
+    pathfinder.load_nvidia_dynamic_lib = search_that_gives_up
+    from gpubackprop.backends import numba_cuda
+    nk = numba_cuda.numba_kernels()
+    print(nk.prepare_compiler())
+    assert ".entry" in nk.probe_ptx((8, 0))
+""")
+
+
+def test_libnvvm_is_found_when_pathfinder_gives_up(tmp_path):
+    path = _python(NVVM_NOT_FOUND, tmp_path).strip()
+    assert "libnvvm" in os.path.basename(path), path
 
 
 @pytest.mark.parametrize("cc", ["80", "90"])

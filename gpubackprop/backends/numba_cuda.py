@@ -1,12 +1,16 @@
-"""The `numba` backend: the numba.cuda twins of the CUDA C kernels
+"""The `numba` backend on a GPU: the numba.cuda twins of the CUDA C kernels
 (kernels/numba_kernels.py), same algorithms, layouts and launch shapes.
+
+The four ops of the contract; the trainer's loop does the rest (its SGD step
+runs with CuPy).  dense_forward, delta_propagate and weight_gradient launch
+the tiled kernels; output_delta is element-wise and runs the reference
+formula with CuPy.
 
 On a CUDA device it launches on CuPy arrays: each array is wrapped with
 ``numba.cuda.as_cuda_array(x, sync=False)`` (a view through the CUDA Array
 Interface, no copy, no stream sync) and the kernels run on CuPy's current
 stream (wrapped with ``numba.cuda.external_stream``), so they order correctly
-with CuPy's own kernels.  output_delta is element-wise and runs the reference
-formula with CuPy.
+with CuPy's own kernels.
 
 Simulator mode, for tests on machines without a GPU: when numba.cuda is the
 CUDA simulator in this process (NUMBA_ENABLE_CUDASIM=1 set before numba.cuda
@@ -14,45 +18,59 @@ was first imported), construct the backend with a CPU Device; it then works on
 NumPy arrays (xp = numpy) and the very same kernel code runs in the
 simulator (slow: only for tiny shapes).  On a CPU Device without the
 simulator, or on a CUDA device with it, the constructor raises RuntimeError
-saying why.  `device_kind` stays "cuda": that is where the backend is meant
-to run; simulator mode is a testing aid, not a CPU backend.
+saying why.  `device_kinds` stays ("cuda",): that is where the backend is
+meant to run; simulator mode is a testing aid, not a CPU backend.
 """
 import contextlib
+import functools
+import importlib
 
 import numpy as np
 
-from .. import activations
 from .base import Backend
 from .cupy_backend import activation_code, copy_back, kernels_package
-from .numpy_backend import NumpyBackend
 
-GRADIENT, SGD = 0, 1
+GRADIENT = 0      # weight_update / bias_update mode: write dW, db
+
+
+def numba_kernels():
+    """The module kernels/numba_kernels.py (importing it applies the NumPy
+    shim numba-cuda needs; see there)."""
+    kernels_package()
+    return importlib.import_module("gpubackprop.kernels.numba_kernels")
 
 
 def simulator_active():
     """Whether `numba.cuda`, as imported in this process, is the CUDA simulator."""
-    from numba import cuda
+    return numba_kernels().simulator_active()
 
-    flag = getattr(cuda, "simulator_enabled", None)
-    if flag is not None:
-        return bool(flag)
-    return getattr(cuda.jit, "__module__", "").startswith("numba.cuda.simulator")
+
+@functools.lru_cache(maxsize=None)
+def _probe(cc):
+    """None if numba.cuda compiles a tiny kernel to PTX for `cc`, else why not
+    (cached: one probe per compute capability and process)."""
+    try:
+        numba_kernels().probe_ptx(cc)
+    except Exception as exc:  # AttributeError (NumPy/numba-cuda), NVVM missing, ...
+        return (f"numba.cuda cannot compile a kernel for sm_{cc[0]}{cc[1]}: "
+                f"{type(exc).__name__}: {exc}")
+    return None
 
 
 class NumbaCudaBackend(Backend):
     """numba.cuda kernels on CuPy arrays (or on NumPy arrays in the simulator)."""
 
     name = "numba"
-    device_kind = "cuda"
+    device_kinds = ("cuda",)
 
     def __init__(self, device):
         try:
-            from numba import cuda
+            nk = numba_kernels()
         except Exception as exc:  # numba-cuda missing or broken
             raise RuntimeError(f"the numba backend needs numba.cuda (pip install numba-cuda); "
                                f"importing it failed: {exc}") from exc
-        self.simulator = simulator_active()
-        if device.kind == "cpu" and not self.simulator:
+        self.simulator = nk.simulator_active()
+        if device.kind != "cuda" and not self.simulator:
             raise RuntimeError(
                 "the numba backend runs on CUDA devices; on the CPU it only runs under the "
                 "CUDA simulator (set NUMBA_ENABLE_CUDASIM=1 before numba is imported), "
@@ -63,27 +81,33 @@ class NumbaCudaBackend(Backend):
                 "which runs on NumPy arrays only: use device='cpu' for simulator tests, or "
                 "unset NUMBA_ENABLE_CUDASIM to run on the GPU")
         super().__init__(device)       # xp: numpy (simulator) or cupy
-        self._cuda = cuda
-        self._nk = _import_numba_kernels()
+        self._nk = nk
+        self._cuda = nk.cuda
 
     @classmethod
-    def unavailable_reason(cls):
-        """None when the kernels can run on a GPU here, else why not."""
+    def unavailable_reason(cls, device):
+        """None when the kernels can run on `device`, else why not: a CUDA
+        device, numba.cuda importable and not the simulator, and a tiny
+        kernel compiled to PTX for the device's compute capability."""
+        if device.kind != "cuda":
+            return f"the numba GPU backend runs on CUDA devices, not on {device}"
         from ..device import cuda_status
 
         n, why = cuda_status()
         if not n:
             return why
         try:
-            from numba import cuda
+            nk = numba_kernels()
         except Exception as exc:
             return f"numba.cuda could not be imported ({exc}); pip install numba-cuda"
-        if simulator_active():
+        if nk.simulator_active():
             return ("numba.cuda is the CUDA simulator in this process "
                     "(NUMBA_ENABLE_CUDASIM=1), which cannot run on GPU arrays")
-        if not cuda.is_available():
-            return "numba.cuda finds no usable GPU (driver, or NVVM from the CUDA toolkit, missing)"
-        return None
+        cc = device.xp.cuda.Device(device.index).compute_capability
+        reason = _probe((int(cc[:-1]), int(cc[-1])))
+        if reason is None and not nk.cuda.is_available():
+            reason = "numba.cuda finds no usable GPU (its driver check failed)"
+        return reason
 
     # -- launching -----------------------------------------------------------
     def _dev(self, x):
@@ -95,7 +119,7 @@ class NumbaCudaBackend(Backend):
 
     @contextlib.contextmanager
     def _launch(self):
-        """(context, stream) for a launch on CuPy's current stream of our GPU."""
+        """The stream to launch on: CuPy's current stream of our GPU."""
         if self.simulator:
             yield 0
             return
@@ -111,94 +135,74 @@ class NumbaCudaBackend(Backend):
         return self._nk.kernels(dt)
 
     def _out(self, out, shape, dtype):
+        """(buffer the kernel writes, whether it is a stand-in for `out`)."""
         xp = self.xp
         if out is None:
             return xp.empty(shape, dtype=dtype), False
         if tuple(out.shape) != tuple(shape):
             raise ValueError(f"out has shape {tuple(out.shape)}, expected {tuple(shape)}")
-        return (out, False) if out.dtype == dtype else (xp.empty(shape, dtype=dtype), True)
+        contiguous = out.flags.c_contiguous
+        return (out, False) if out.dtype == dtype and contiguous \
+            else (xp.empty(shape, dtype=dtype), True)
+
+    def _in(self, x):
+        """A row-major contiguous array the kernels can index (the launchers
+        assume it, as the .cu ones do)."""
+        return x if x.flags.c_contiguous else self.xp.ascontiguousarray(x)
 
     # -- the contract ----------------------------------------------------------
     def dense_forward(self, a_prev, W, b, activation, out=None):
+        a_prev, W, b = self._in(a_prev), self._in(W), self._in(b)
         M, N = a_prev.shape[0], W.shape[0]
         buf, copy = self._out(out, (M, N), a_prev.dtype)
-        code = 0 if activation == "softmax" else activation_code(activation)
+        code = activation_code("identity" if activation == "softmax" else activation)
         if M and N:
             k = self._kernels(a_prev.dtype)
             with self._launch() as stream:
-                k.dense_forward[self._nk.gemm_grid(M, N), self._nk.NTHREADS, stream](
+                k.dense_forward[k.gemm_grid(M, N), k.threads, stream](
                     self._dev(a_prev), self._dev(W), self._dev(b), self._dev(buf), code)
         if activation == "softmax":
-            activations.apply("softmax", buf, self.xp, out=buf)
-        if copy:
-            out[...] = buf
-            return out
-        return buf
+            from .. import activations
 
-    def output_delta(self, a, y, loss, activation, out=None):
-        # element-wise: the reference formula with xp (numpy or cupy)
-        return NumpyBackend.output_delta(self, a, self.xp.asarray(y, dtype=a.dtype), loss,
-                                         activation, out=out)
+            activations.apply("softmax", buf, self.xp, out=buf)
+        return copy_back(buf, out, copy)
 
     def delta_propagate(self, delta, W, a_prev, activation, out=None):
+        delta, W, a_prev = self._in(delta), self._in(W), self._in(a_prev)
         M, N = delta.shape[0], W.shape[1]
         buf, copy = self._out(out, (M, N), delta.dtype)
         if M and N:
             k = self._kernels(delta.dtype)
             with self._launch() as stream:
-                k.delta_propagate[self._nk.gemm_grid(M, N), self._nk.NTHREADS, stream](
+                k.delta_propagate[k.gemm_grid(M, N), k.threads, stream](
                     self._dev(delta), self._dev(W), self._dev(a_prev), self._dev(buf),
                     activation_code(activation))
-        if copy:
-            out[...] = buf
-            return out
-        return buf
-
-    def _update(self, delta, a_prev, W, vW, dW, b, vb, db, scale, lr, momentum,
-                weight_decay, mode):
-        nk = self._nk
-        N, K = delta.shape[1], a_prev.shape[1]
-        s = delta.dtype.type
-        k = self._kernels(delta.dtype)
-        scalars = (s(scale), s(lr), s(momentum), s(weight_decay), mode)
-        with self._launch() as stream:
-            d = self._dev(delta)
-            if N and K:
-                k.weight_update[nk.gemm_grid(N, K), nk.NTHREADS, stream](
-                    d, self._dev(a_prev), self._dev(W), self._dev(vW), self._dev(dW), *scalars)
-            if N:
-                k.bias_update[nk.bias_grid(N), (32, nk.BIAS_ROWS), stream](
-                    d, self._dev(b), self._dev(vb), self._dev(db), *scalars)
+        return copy_back(buf, out, copy)
 
     def _unused(self, dtype):
-        """Placeholders for the arrays a mode never touches.  Not aliases of the
-        used arrays: the simulator copies NumPy arguments in and back out one
-        by one, so an alias would overwrite the result with a stale copy."""
+        """Placeholders for the arrays mode GRADIENT never touches (W, vW, b,
+        vb).  Not aliases of the used arrays: the simulator copies NumPy
+        arguments in and back out one by one, so an alias would overwrite the
+        result with a stale copy."""
         xp = self.xp
         return xp.empty((1, 1), dtype=dtype), xp.empty((1,), dtype=dtype)
 
     def weight_gradient(self, delta, a_prev, scale, dW=None, db=None):
+        delta, a_prev = self._in(delta), self._in(a_prev)
         n_out, n_in = delta.shape[1], a_prev.shape[1]
         wbuf, wcopy = self._out(dW, (n_out, n_in), delta.dtype)
         bbuf, bcopy = self._out(db, (n_out,), delta.dtype)
-        u2, u1 = self._unused(delta.dtype)   # mode GRADIENT never touches W, vW, b, vb
-        self._update(delta, a_prev, u2, u2, wbuf, u1, u1, bbuf, scale, 0.0, 0.0, 0.0,
-                     GRADIENT)
+        u2, u1 = self._unused(delta.dtype)
+        k = self._kernels(delta.dtype)
+        s = delta.dtype.type
+        scalars = (s(scale), s(0), s(0), s(0), GRADIENT)
+        with self._launch() as stream:       # B == 0: the kernels write zero sums
+            d = self._dev(delta)
+            if n_out and n_in:
+                k.weight_update[k.gemm_grid(n_out, n_in), k.threads, stream](
+                    d, self._dev(a_prev), self._dev(u2), self._dev(u2), self._dev(wbuf),
+                    *scalars)
+            if n_out:
+                k.bias_update[k.bias_grid(n_out), k.bias_block, stream](
+                    d, self._dev(u1), self._dev(u1), self._dev(bbuf), *scalars)
         return copy_back(wbuf, dW, wcopy), copy_back(bbuf, db, bcopy)
-
-    def sgd_step(self, W, b, delta, a_prev, scale, lr, momentum=0.0,
-                 weight_decay=0.0, vW=None, vb=None):
-        if momentum and (vW is None or vb is None):
-            raise ValueError("sgd_step with momentum needs the velocity buffers vW and vb")
-        u2, u1 = self._unused(delta.dtype)   # dW, db: not written in mode SGD
-        if not momentum:                      # never read when momentum == 0
-            vW, vb = u2, u1
-        self._update(delta, a_prev, W, vW, u2, b, vb, u1, scale, lr, momentum, weight_decay,
-                     SGD)
-
-
-def _import_numba_kernels():
-    import importlib
-
-    kernels_package()
-    return importlib.import_module("gpubackprop.kernels.numba_kernels")

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 
 from gpubackprop import activations
-from gpubackprop.backends.numba_cuda import NumbaCudaBackend, simulator_active
+from gpubackprop.backends.numba_cuda import NumbaCudaBackend, numba_kernels, simulator_active
 from gpubackprop.backends.numpy_backend import NumpyBackend
 from gpubackprop.device import Device
 from gpubackprop.losses import Loss
+from gpubackprop.optim import SGD
 
 if not simulator_active():
     pytest.skip("numba.cuda runs the real CUDA target in this process (imported before "
@@ -30,12 +31,7 @@ if not simulator_active():
 
 from numba import cuda  # noqa: E402  (the simulator, checked above)
 
-from gpubackprop.backends.cupy_backend import kernels_package  # noqa: E402
-
-import importlib  # noqa: E402
-
-kernels_package()   # makes gpubackprop.kernels importable from a plain source checkout too
-nk = importlib.import_module("gpubackprop.kernels.numba_kernels")
+nk = numba_kernels()
 
 DTYPES = (np.float32, np.float64)
 TOL = {np.float32: 1e-5, np.float64: 1e-12}
@@ -69,14 +65,16 @@ def activations_of(rng, name, shape, dtype):
 def test_running_in_the_simulator():
     assert simulator_active()
     assert cuda.is_available()
-    assert nk.NTHREADS == (nk.TILE_M // nk.THREAD_M) * (nk.TILE_N // nk.THREAD_N)
 
 
-def test_codes_match_activations_py():
-    for name, code in activations.CODES.items():
-        if name != "softmax":
-            assert getattr(nk, name.upper()) == code
-    assert nk.LEAKY_SLOPE == activations.LEAKY_SLOPE
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_launch_shapes_follow_the_tile_table(dtype):
+    from gpubackprop.kernels import BIAS_ROWS, GEMM_TILES
+
+    k, t = nk.kernels(dtype), GEMM_TILES[np.dtype(dtype).name]
+    assert k.threads == (t["TILE_M"] // t["THREAD_M"]) * (t["TILE_N"] // t["THREAD_N"])
+    assert k.gemm_grid(t["TILE_M"] + 1, 1) == (2, 1)
+    assert k.bias_block == (32, BIAS_ROWS)
 
 
 # ---- the activation device functions ------------------------------------------
@@ -90,8 +88,8 @@ def _act_kernel(dtype):
     def apply(z, code, a, d):
         i = cuda.grid(1)
         if i < z.shape[0]:
-            a[i] = sigma(z[i], code)
-            d[i] = dsigma(a[i], code)
+            a[i] = sigma(code, z[i])
+            d[i] = dsigma(code, a[i])
 
     return apply
 
@@ -143,8 +141,8 @@ def check_forward(name, dtype, shape, seed):
     W = rand(rng, (N, K), dtype, 0.5)
     b = rand(rng, (N,), dtype)
     out = np.full((M, N), np.nan, dtype)
-    nk.kernels(dtype).dense_forward[nk.gemm_grid(M, N), nk.NTHREADS](
-        a_prev, W, b, out, activations.CODES[name])
+    k = nk.kernels(dtype)
+    k.dense_forward[k.gemm_grid(M, N), k.threads](a_prev, W, b, out, activations.CODES[name])
     ref = REF.dense_forward(a_prev.astype(np.float64), W.astype(np.float64),
                             b.astype(np.float64), name)
     assert np.isfinite(out).all(), "an output element was not written"
@@ -168,8 +166,9 @@ def check_delta(name, dtype, shape, seed):
     W = rand(rng, (K, N), dtype, 0.5)
     a_prev = activations_of(rng, name, (M, N), dtype)
     out = np.full((M, N), np.nan, dtype)
-    nk.kernels(dtype).delta_propagate[nk.gemm_grid(M, N), nk.NTHREADS](
-        delta, W, a_prev, out, activations.CODES[name])
+    k = nk.kernels(dtype)
+    k.delta_propagate[k.gemm_grid(M, N), k.threads](delta, W, a_prev, out,
+                                                    activations.CODES[name])
     ref = REF.delta_propagate(delta.astype(np.float64), W.astype(np.float64),
                               a_prev.astype(np.float64), name)
     assert np.isfinite(out).all(), "an output element was not written"
@@ -201,8 +200,8 @@ def test_weight_gradient_kernels(shape, dtype):
     # placeholders for the arrays mode GRADIENT never touches (not aliases of
     # dW/db: the simulator copies NumPy arguments back one by one)
     u2, u1 = np.empty((1, 1), dtype), np.empty((1,), dtype)
-    k.weight_update[nk.gemm_grid(n_out, n_in), nk.NTHREADS](delta, a_prev, u2, u2, dW, *args)
-    k.bias_update[nk.bias_grid(n_out), (32, nk.BIAS_ROWS)](delta, u1, u1, db, *args)
+    k.weight_update[k.gemm_grid(n_out, n_in), k.threads](delta, a_prev, u2, u2, dW, *args)
+    k.bias_update[k.bias_grid(n_out), k.bias_block](delta, u1, u1, db, *args)
     dW_ref, db_ref = REF.weight_gradient(delta.astype(np.float64), a_prev.astype(np.float64),
                                          scale)
     assert rel_err(dW, dW_ref) < TOL[dtype]
@@ -220,32 +219,37 @@ SGD_CASES = [  # (shape, dtype, momentum, weight_decay)
 
 @pytest.mark.parametrize("shape,dtype,momentum,weight_decay", SGD_CASES,
                          ids=lambda v: _ids(v) if isinstance(v, tuple) else str(v))
-def test_fused_sgd_step(shape, dtype, momentum, weight_decay):
-    """Two fused steps (so the velocity is read back) against the reference."""
+def test_fused_sgd_update_kernels(shape, dtype, momentum, weight_decay):
+    """Mode SGD of weight_update/bias_update (the twin of weight_update.cu's
+    fused update): two steps, so the velocity is read back, against the
+    gradient of the reference backend and optim.SGD.step in float64."""
     B, n_in, n_out = shape
     rng = np.random.default_rng(6)
-    be = NumbaCudaBackend(CPU)
-    W = rand(rng, (n_out, n_in), dtype)
-    b = rand(rng, (n_out,), dtype)
-    vW = rand(rng, (n_out, n_in), dtype, 0.1) if momentum else None
-    vb = rand(rng, (n_out,), dtype, 0.1) if momentum else None
-    W64, b64 = W.astype(np.float64), b.astype(np.float64)
-    vW64 = None if vW is None else vW.astype(np.float64)
-    vb64 = None if vb is None else vb.astype(np.float64)
-    lr, scale = 0.1, 1.0 / B
-    for _ in range(2):
-        delta = rand(rng, (B, n_out), dtype)
-        a_prev = rand(rng, (B, n_in), dtype)
-        be.sgd_step(W, b, delta, a_prev, scale, lr, momentum=momentum,
-                    weight_decay=weight_decay, vW=vW, vb=vb)
-        REF.sgd_step(W64, b64, delta.astype(np.float64), a_prev.astype(np.float64), scale, lr,
-                     momentum=momentum, weight_decay=weight_decay, vW=vW64, vb=vb64)
-    assert W.dtype == dtype and b.dtype == dtype
-    assert rel_err(W, W64) < TOL[dtype]
-    assert rel_err(b, b64) < TOL[dtype]
+    k = nk.kernels(dtype)
+    s = np.dtype(dtype).type
+    W, b = rand(rng, (n_out, n_in), dtype), rand(rng, (n_out,), dtype)
+    vW = rand(rng, (n_out, n_in), dtype, 0.1) if momentum else np.empty((1, 1), dtype)
+    vb = rand(rng, (n_out,), dtype, 0.1) if momentum else np.empty((1,), dtype)
+    params64 = [(W.astype(np.float64), b.astype(np.float64))]
+    opt = SGD(lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    state = opt.init_state(params64)
     if momentum:
-        assert rel_err(vW, vW64) < TOL[dtype]
-        assert rel_err(vb, vb64) < TOL[dtype]
+        state.velocities = [(vW.astype(np.float64), vb.astype(np.float64))]
+    scale = 1.0 / B
+    args = (s(scale), s(opt.lr), s(momentum), s(weight_decay), nk.SGD)
+    u2, u1 = np.empty((1, 1), dtype), np.empty((1,), dtype)   # dW, db: not written
+    for _ in range(2):
+        delta, a_prev = rand(rng, (B, n_out), dtype), rand(rng, (B, n_in), dtype)
+        k.weight_update[k.gemm_grid(n_out, n_in), k.threads](delta, a_prev, W, vW, u2, *args)
+        k.bias_update[k.bias_grid(n_out), k.bias_block](delta, b, vb, u1, *args)
+        grads = [REF.weight_gradient(delta.astype(np.float64), a_prev.astype(np.float64),
+                                     scale)]
+        opt.step(params64, grads, state)
+    (W64, b64), = params64
+    assert rel_err(W, W64) < TOL[dtype] and rel_err(b, b64) < TOL[dtype]
+    if momentum:
+        (vW64, vb64), = state.velocities
+        assert rel_err(vW, vW64) < TOL[dtype] and rel_err(vb, vb64) < TOL[dtype]
 
 
 # ---- the backend object in simulator mode ------------------------------------------
@@ -253,7 +257,7 @@ def test_fused_sgd_step(shape, dtype, momentum, weight_decay):
 def test_backend_simulator_mode_uses_numpy():
     be = NumbaCudaBackend(CPU)
     assert be.simulator and be.xp is np
-    assert be.name == "numba" and be.device_kind == "cuda"
+    assert be.name == "numba" and be.device_kinds == ("cuda",)
 
 
 def test_backend_refuses_a_cuda_device_in_the_simulator():
@@ -307,3 +311,40 @@ def test_weight_gradient_is_deterministic():
     first = be.weight_gradient(delta, a_prev, 1 / 33)
     second = be.weight_gradient(delta, a_prev, 1 / 33)
     assert all(np.array_equal(x, y) for x, y in zip(first, second))
+
+
+def test_backend_composes_a_whole_backward_pass():
+    """feedforward + backward + weight_gradient of the base class, run on
+    the numba ops, give the reference gradients of a 3-layer network."""
+    rng = np.random.default_rng(10)
+    be = NumbaCudaBackend(CPU)
+    sizes, acts = [7, 17, 5, 3], ("tanh", "softplus", "softmax")
+    params = [(rand(rng, (o, i), np.float64, i ** -0.5), rand(rng, (o,), np.float64))
+              for i, o in zip(sizes, sizes[1:])]
+    x = rand(rng, (9, 7), np.float64)
+    y = np.eye(3)[rng.integers(0, 3, 9)]
+    loss = Loss("cross_entropy")
+    grads = []
+    for backend in (be, REF):
+        a = backend.feedforward(params, acts, x)
+        delta = backend.backward(params, acts, a, y, loss)
+        grads.append([backend.weight_gradient(d, a_prev, loss.scale(9, 3))
+                      for d, a_prev in zip(delta, a[:-1])])
+    for (dW, db), (rW, rb) in zip(*grads):
+        assert rel_err(dW, rW) < TOL[np.float64] and rel_err(db, rb) < TOL[np.float64]
+
+
+def test_backend_takes_non_contiguous_inputs():
+    rng = np.random.default_rng(11)
+    be = NumbaCudaBackend(CPU)
+    a_prev = rand(rng, (17, 7), np.float32).T          # (7, 17), column-major
+    W, b = rand(rng, (3, 17), np.float32), rand(rng, (3,), np.float32)
+    out = np.empty((3, 7), np.float32).T               # a non-contiguous out
+    got = be.dense_forward(a_prev, W, b, "sigmoid", out=out)
+    assert got is out
+    ref = REF.dense_forward(*(v.astype(np.float64) for v in (a_prev, W, b)), "sigmoid")
+    assert rel_err(out, ref) < TOL[np.float32]
+
+
+def test_unavailable_reason_names_the_device():
+    assert "CUDA devices" in NumbaCudaBackend.unavailable_reason(CPU)
