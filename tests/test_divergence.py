@@ -54,7 +54,7 @@ def _file_state(path):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_huge_learning_rate_diverges_and_keeps_the_epoch_start(tmp_path, backend):
     X, Y = _data()
-    path = tmp_path / "run.npz"
+    path = tmp_path / "run.safetensors"
     good = _trainer(backend)
     good.fit(X, Y, epochs=1, checkpoint=path)
     state, old_bytes = _copy_state(good), path.read_bytes()
@@ -76,7 +76,7 @@ def test_divergence_mid_epoch_goes_back_to_the_last_checkpoint(tmp_path, backend
     bs, bad_step = 3, 17
     order = np.random.default_rng(5).permutation(len(X))   # epoch 0's shuffle (seed 5)
     X[order[bad_step * bs]] = 1e200                   # finite, but its cost overflows
-    path = tmp_path / "run.npz"
+    path = tmp_path / "run.safetensors"
     t = _trainer(backend, batch_size=bs, activation="identity")
     with pytest.raises(gb.TrainingDiverged) as info:
         t.fit(X, Y, epochs=2, checkpoint=path, checkpoint_every=5)

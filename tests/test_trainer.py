@@ -111,7 +111,7 @@ def test_regression_and_one_hot_targets():
 def test_save_and_load_round_trip(tmp_path):
     net = gb.MLP.from_sizes([5, 7, 3], activation="softplus", output_activation="softmax",
                             dtype="float32", seed=2)
-    path = tmp_path / "net.npz"
+    path = tmp_path / "net.safetensors"
     net.save(path)
     back = gb.load(path)
     assert back.sizes == net.sizes and back.dtype == "float32"
