@@ -26,28 +26,13 @@ import numpy as np
 
 from .. import activations
 from .base import Backend
-from .gpu_common import activation_code, cdiv, copy_back, elementwise, kernels_package, \
-    on_device, writable_out
+from .gpu_common import activation_code, cdiv, copy_back, device_unavailable_reason, \
+    elementwise, kernels_package, on_device, writable_out
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _INT32_MAX = 2**31 - 1
 GB_GRADIENT, GB_SGD = 0, 1     # weight_update.cu modes
 _REDUCE_THREADS, _REDUCE_MAX_BLOCKS = 256, 4096
-
-
-def device_unavailable_reason(device, name):
-    """None if `device` can run the CUDA C kernels, else why not (shared by the
-    backends that launch them: the reason the device layer gives)."""
-    if device.kind == "cuda":
-        from ..device import cuda_status
-
-        n, why = cuda_status()
-        return None if n else why
-    if device.kind == "cuda-emulator":
-        from ..device import emulator_status
-
-        return emulator_status()[1] or None
-    return f"backend {name!r} runs on cuda or cuda-emulator devices, not on {device}"
 
 
 class CudaBackend(Backend):

@@ -13,82 +13,44 @@ the depth,
                       (deterministic, no atomics), fused with SGD
                       (momentum, weight decay, PyTorch's convention)
 
-What it takes (`FusedBackend.supports`): 1 to 8 layers, every layer output
-(hidden and output) at most 128 wide -- the input layer may be any width,
-784 included -- float32 or float64, any activation (softmax on the output),
-any loss (sse/quadratic, mse, cross_entropy), any batch size.  Anything else
-runs the generic SGD loop of base.Backend (with a one-time RuntimeWarning) on
-the delegate's ops; the five ops of the contract (used by MLP.forward,
-MLP.gradients, ...) are always the delegate's: the CuPy backend, or the
-`cuda` backend with FusedBackend(device, fallback="cuda").
-Deterministic by default; FusedBackend(device, deterministic=False) (or
-GPUBACKPROP_FUSED_ATOMIC=1) builds with FUSED_ATOMIC: atomicAdd partials.
+That is `train_epoch`, the backend's fast path.  What it takes
+(`check_network`): 1 to 8 layers, every layer output at most 128 wide (the
+input may be any width, 784 included), float32 or float64, any activation
+(softmax on the output only), losses sse/quadratic, mse, cross_entropy, any
+batch size.  The four ops of the contract (MLP.forward, MLP.gradients, the
+trainer's loop for an optimizer the kernels do not fuse) are the base
+class's xp formulas.  `FusedBackend(device, deterministic=False)` builds
+with FUSED_ATOMIC: the tiles' partials are atomicAdd-ed into one buffer.
 
-The kernels are compiled with NVRTC through ``cupy.RawModule`` once per
-(GPU, dtype, -D defines) (an lru_cache; CuPy caches the binary on disk too).
-CuPy is imported lazily: importing this module needs no GPU.
-
-NOT RUN ON HARDWARE YET: the kernels compile for sm_80/sm_90 with no spills
-(tests/test_fused_compile.py) and their tiling is checked by a NumPy
-emulation (tests/test_fused_emulation.py); tests/test_fused_gpu.py holds the
-GPU agreement tests, skipped where there is no GPU.
+It runs unchanged on a GPU (CuPy, NVRTC) and on the "cuda-emulator" device
+(NumPy, the same .cu compiled for the CPU), through the seam kernels.load.
 """
-import functools
-import os
-import warnings
-
 import numpy as np
 
 from .. import activations
-from ..device import import_cupy
 from .base import Backend
-from .cupy_backend import CupyBackend, kernels_package
+from .gpu_common import cdiv, device_unavailable_reason, kernels_package, on_device, pointer
 
 SOURCE = "fused_mlp.cu"
 KERNEL_NAMES = ("fused_forward", "fused_backward", "fused_reduce_sgd")
-#: compile-time constants (fused_mlp.cuh); the emulation's Config mirrors them
-TILE_B = 64
-MAX_W = 128
-PAD = 16
-KC = 32
-MAX_LAYERS = 8
-THREADS = 256
-DTYPES = ("float32", "float64")
+_KP = kernels_package()
+TILE_B = _KP.FUSED["FUSED_TILE_B"]
+MAX_W = _KP.FUSED["FUSED_MAX_W"]
+PAD = _KP.FUSED["FUSED_PAD"]
+KC = _KP.FUSED["FUSED_KC"]
+MAX_LAYERS = _KP.FUSED["FUSED_MAX_LAYERS"]
+THREADS = _KP.FUSED_THREADS
+DTYPES = _KP.DTYPES[SOURCE]
 MODE_GRAD, MODE_SGD = 0, 1
 LOSS_SQUARED, LOSS_XENT = 0, 1
-_CTYPE = {"float32": "float", "float64": "double"}
+LOSSES = ("sse", "mse", "cross_entropy")
 _INT32_MAX = 2**31 - 1
-_DEFAULT_SMEM = 48 * 1024
 _STATIC_SMEM = 2048        # the kernels' static __shared__ tables (ptxas: <= 1168 bytes)
-
-
-def _cdiv(a, b):
-    return -(-a // b)
-
-
-def defines(dtype, atomic=False):
-    """The -D defines of one build of fused_mlp.cu."""
-    dtype = str(np.dtype(dtype))
-    if dtype not in DTYPES:
-        raise ValueError(f"fused_mlp.cu is built for {DTYPES}, not {dtype}")
-    d = {"REAL": _CTYPE[dtype], "FUSED_TILE_B": TILE_B, "FUSED_MAX_W": MAX_W,
-         "FUSED_PAD": PAD, "FUSED_KC": KC, "FUSED_MAX_LAYERS": MAX_LAYERS}
-    if atomic:
-        d["FUSED_ATOMIC"] = 1
-    return d
-
-
-def options(dtype, atomic=False):
-    return tuple(f"-D{k}={v}" for k, v in sorted(defines(dtype, atomic).items()))
-
-
-def builds():
-    """Every (dtype, defines) the launcher can compile: the compile test's list."""
-    return [(dt, defines(dt, atomic)) for dt in DTYPES for atomic in (False, True)]
+_REDUCE_MAX_BLOCKS = 4096
 
 
 def padded(n):
-    return _cdiv(n, PAD) * PAD
+    return cdiv(n, PAD) * PAD
 
 
 def shared_bytes(sizes, dtype):
@@ -99,7 +61,7 @@ def shared_bytes(sizes, dtype):
     return elems * np.dtype(dtype).itemsize
 
 
-def _reason(sizes, acts, dtype, loss=None, smem_limit=None):
+def network_reason(sizes, acts, dtype, smem_limit=_KP.MAX_SHARED_OPTIN_BYTES):
     """None if the fused kernels take this network, else why not."""
     L = len(sizes) - 1
     if not 1 <= L <= MAX_LAYERS:
@@ -110,299 +72,192 @@ def _reason(sizes, acts, dtype, loss=None, smem_limit=None):
         return (f"the fused kernels take layer outputs up to {MAX_W} wide (the input may be "
                 f"any width); layers[{i}] has {n} outputs")
     if str(np.dtype(dtype)) not in DTYPES:
-        return f"the fused kernels run float32 or float64, not {dtype}"
+        return f"the fused kernels run {' or '.join(DTYPES)}, not {np.dtype(dtype)}"
     for i, a in enumerate(acts):
         if a not in activations.CODES or (a == "softmax" and i != L - 1):
             return f"layers[{i}]: activation {a!r} is not supported by the fused kernels"
-    if loss is not None and getattr(loss, "name", loss) not in ("sse", "mse", "cross_entropy"):
-        return f"loss {loss!r} is not supported by the fused kernels"
     if max(sizes) > _INT32_MAX:
         return "a layer is wider than 2**31 - 1"
-    if smem_limit is not None:
-        need = shared_bytes(sizes, dtype) + _STATIC_SMEM
-        if need > smem_limit:
-            return (f"the fused kernels need {need} bytes of shared memory per block for "
-                    f"this network in {dtype}; the device allows {smem_limit}")
+    need = shared_bytes(sizes, dtype) + _STATIC_SMEM
+    if need > smem_limit:
+        return (f"the fused kernels need {need} bytes of shared memory per block for "
+                f"this network in {np.dtype(dtype)}; the device allows {smem_limit}")
     return None
-
-
-@functools.lru_cache(maxsize=None)
-def _functions(device_index, dtype, opts):
-    """{kernel name: cupy.RawKernel} of fused_mlp.cu built with `opts` (once per key)."""
-    cp = import_cupy()
-    with cp.cuda.Device(device_index):
-        module = cp.RawModule(code=kernels_package().source(SOURCE), options=opts)
-        return {k: module.get_function(k) for k in KERNEL_NAMES}
-
-
-@functools.lru_cache(maxsize=None)
-def _smem_limit(device_index):
-    """Largest dynamic shared memory a block may opt in to on this GPU."""
-    cp = import_cupy()
-    try:
-        return int(cp.cuda.Device(device_index).attributes["MaxSharedMemoryPerBlockOptin"])
-    except Exception:  # pragma: no cover - very old CuPy
-        return _DEFAULT_SMEM
 
 
 class FusedBackend(Backend):
     """A fully fused SGD step for MLPs with layer outputs up to 128 wide."""
 
     name = "fused"
-    device_kind = "cuda"
+    device_kinds = ("cuda", "cuda-emulator")
 
-    def __init__(self, device, deterministic=None, fallback="cupy"):
-        if device.kind != "cuda":
-            raise ValueError(f"backend 'fused' runs on cuda devices, not on {device}")
-        super().__init__(device)          # xp = cupy: RuntimeError without CuPy
-        self._cp = self.xp
-        if fallback == "cuda":            # the hand-written per-op kernels
-            from .cuda_backend import CudaBackend
-
-            self._ops = CudaBackend(device)
-        elif fallback == "cupy":
-            self._ops = CupyBackend(device)
-        else:
-            raise ValueError(f"fallback must be 'cupy' or 'cuda'; got {fallback!r}")
-        if deterministic is None:
-            deterministic = os.environ.get("GPUBACKPROP_FUSED_ATOMIC", "").strip() in ("", "0")
+    def __init__(self, device, deterministic=True):
+        if device.kind not in self.device_kinds:
+            raise ValueError(f"backend 'fused' runs on cuda or cuda-emulator devices, "
+                             f"not on {device}")
+        if not isinstance(deterministic, (bool, np.bool_)):
+            raise TypeError(f"deterministic must be True or False; got {deterministic!r}")
+        super().__init__(device)
         #: False: the partials are atomicAdd-ed (FUSED_ATOMIC), not bitwise reproducible
         self.deterministic = bool(deterministic)
-        self._tables = {}
         self._scratch = {}
-        self._warned = set()
-        self._smem_set = {}     # id(kernel) -> dynamic shared memory opted in to
 
     @classmethod
-    def unavailable_reason(cls):
-        """None when a CUDA device is usable (the registry's check), else why not."""
-        from ..device import cuda_status
+    def unavailable_reason(cls, device):
+        return device_unavailable_reason(device, cls.name)
 
-        n, reason = cuda_status()
-        return None if n else reason
+    def _smem_limit(self):
+        if self.device.kind != "cuda":
+            return _KP.MAX_SHARED_OPTIN_BYTES
+        attrs = self.xp.cuda.Device(self.device.index or 0).attributes
+        return int(attrs.get("MaxSharedMemoryPerBlockOptin", _KP.DEFAULT_SHARED_BYTES))
 
-    # -- what it takes ---------------------------------------------------------
-    @staticmethod
-    def supports(net, loss=None, strict=False):
-        """None if the fused kernels can train `net` (with `loss`), else the reason
-        (a sentence).  With strict=True an unsupported network raises ValueError."""
-        sizes = list(net.sizes)
-        acts = [layer.activation for layer in net.layers]
-        limit = None
-        if getattr(net.device, "kind", None) == "cuda":
-            try:
-                limit = _smem_limit(net.device.index or 0)
-            except Exception:
-                limit = None
-        reason = _reason(sizes, acts, net.dtype, loss, limit)
-        if reason is not None and strict:
+    def check_network(self, sizes, activations, dtype):
+        reason = network_reason(list(sizes), list(activations), dtype, self._smem_limit())
+        if reason is not None:
             raise ValueError(f"backend 'fused' cannot train this network: {reason}")
-        return reason
 
-    @classmethod
-    def check(cls, net, loss=None):
-        """Raise ValueError saying why the fused kernels cannot train `net`."""
-        cls.supports(net, loss, strict=True)
-
-    # -- the contract: the CuPy backend's ops -------------------------------------
-    def dense_forward(self, a_prev, W, b, activation, out=None):
-        return self._ops.dense_forward(a_prev, W, b, activation, out=out)
-
-    def output_delta(self, a, y, loss, activation, out=None):
-        return self._ops.output_delta(a, y, loss, activation, out=out)
-
-    def delta_propagate(self, delta, W, a_prev, activation, out=None):
-        return self._ops.delta_propagate(delta, W, a_prev, activation, out=out)
-
-    def weight_gradient(self, delta, a_prev, scale, dW=None, db=None):
-        return self._ops.weight_gradient(delta, a_prev, scale, dW=dW, db=db)
-
-    def sgd_step(self, W, b, delta, a_prev, scale, lr, momentum=0.0,
-                 weight_decay=0.0, vW=None, vb=None):
-        return self._ops.sgd_step(W, b, delta, a_prev, scale, lr, momentum=momentum,
-                                  weight_decay=weight_decay, vW=vW, vb=vb)
+    def fuses(self, hyper):
+        """Every SGD the kernels compute: sse/mse/cross entropy, mean or sum."""
+        return hyper.loss.name in LOSSES
 
     # -- helpers ----------------------------------------------------------------
     def _kernels(self, dtype):
         dtype = str(np.dtype(dtype))
-        return _functions(self.device.index or 0, dtype,
-                          options(dtype, atomic=not self.deterministic))
+        module = _KP.load(SOURCE, _KP.defines(SOURCE, dtype, atomic=not self.deterministic),
+                          dtype, self.device)
+        return {k: module.get(k) for k in KERNEL_NAMES}
 
-    def _prepare(self, fn, smem):
-        """Let `fn` use `smem` bytes of dynamic shared memory (opt-in above 48 KiB)."""
-        if smem > _DEFAULT_SMEM and self._smem_set.get(id(fn), 0) < smem:
-            fn.max_dynamic_shared_size_bytes = smem
-            self._smem_set[id(fn)] = smem
-
-    def _table(self, arrays, dtype):
-        """A device int64 array of the arrays' pointers (cached by the pointers)."""
-        ptrs = tuple(int(a.data.ptr) if a is not None else 0 for a in arrays)
-        key = (dtype, ptrs)
-        t = self._tables.get(key)
-        if t is None:
-            if len(self._tables) > 64:
-                self._tables.clear()
-            t = self._cp.asarray(np.array(ptrs, dtype=np.int64))
-            self._tables[key] = t
-        return t
-
-    def _net_tables(self, net, velocities=None):
-        cp = self._cp
-        params = [p for layer in net.layers for p in layer.params]
-        for p in params:
+    def _tables(self, params, velocities=None):
+        """(ptrs, vptrs, dims, acts-less sizes): the pointer tables and widths on the device."""
+        xp = self.xp
+        flat = [p for pair in params for p in pair]
+        for p in flat:
             if not p.flags.c_contiguous:
                 raise ValueError("the fused backend needs C-contiguous parameters")
-        dt = str(params[0].dtype)
-        ptrs = self._table(params, dt)
+        ptrs = xp.asarray(np.array([pointer(p) for p in flat], dtype=np.int64))
         if velocities is not None:
-            vel = [v for pair in velocities for v in pair]
-            vptrs = self._table(vel, dt)
+            vptrs = xp.asarray(np.array([pointer(v) for pair in velocities for v in pair],
+                                        dtype=np.int64))
         else:
             vptrs = ptrs
-        key = ("meta", tuple(net.sizes), tuple(layer.activation for layer in net.layers))
-        meta = self._tables.get(key)
-        if meta is None:
-            dims = cp.asarray(np.array(net.sizes, dtype=np.int32))
-            acts = cp.asarray(np.array([activations.CODES[layer.activation]
-                                        for layer in net.layers], dtype=np.int32))
-            meta = self._tables[key] = (dims, acts)
-        return ptrs, vptrs, meta[0], meta[1]
+        sizes = [params[0][0].shape[1]] + [W.shape[0] for W, _ in params]
+        return ptrs, vptrs, xp.asarray(np.array(sizes, dtype=np.int32)), sizes
 
     def _buffers(self, sizes, dtype, batch):
         """Activation scratch (batch x sum n_l) and the partials (tiles x P)."""
         key = (tuple(sizes), str(dtype), batch, self.deterministic)
         buf = self._scratch.get(key)
         if buf is None:
-            cp = self._cp
+            xp = self.xp
             n_params = sum(o * i + o for i, o in zip(sizes, sizes[1:]))
-            tiles = _cdiv(batch, TILE_B) if self.deterministic else 1
+            tiles = cdiv(batch, TILE_B) if self.deterministic else 1
             self._scratch.clear()           # one shape at a time
-            buf = (cp.empty(max(1, batch * sum(sizes[1:])), dtype=dtype),
-                   cp.empty(max(1, tiles * n_params), dtype=dtype), n_params)
+            buf = (xp.empty(max(1, batch * sum(sizes[1:])), dtype=dtype),
+                   xp.empty(max(1, tiles * n_params), dtype=dtype), n_params)
             self._scratch[key] = buf
         return buf
 
-    def _launch_step(self, net, X, Y, idx, B, loss, act_out, part, n_params, cost_out,
-                     correct_out, mode, ptrs, vptrs, dims, acts, scale, lr, mu, wd,
-                     grad_out=None):
-        """fused_forward, fused_backward, fused_reduce_sgd for one batch of B rows."""
-        dt = X.dtype
-        s = dt.type
-        sizes = net.sizes
-        L = len(net.layers)
-        k = self._kernels(dt)
-        smem = shared_bytes(sizes, dt)
+    def _forward(self, k, X, idx, B, ptrs, dims, acts, sizes, act_out):
+        """fused_forward over the B rows idx of X into the activation scratch."""
+        smem = shared_bytes(sizes, X.dtype)
+        if smem + _STATIC_SMEM > _KP.DEFAULT_SHARED_BYTES:
+            for name in ("fused_forward", "fused_backward"):
+                k[name].max_dynamic_shared_size_bytes = smem
         wp = np.int32(max(padded(n) for n in sizes[1:]))
-        T = _cdiv(B, TILE_B)
-        for name in ("fused_forward", "fused_backward"):
-            self._prepare(k[name], smem)
-        k["fused_forward"]((T,), (THREADS,),
-                           (X, idx, np.int32(B), np.int32(L), ptrs, dims, acts, wp, act_out),
-                           shared_mem=smem)
+        k["fused_forward"]((cdiv(B, TILE_B),), (THREADS,),
+                           (X, idx, np.int32(B), np.int32(len(sizes) - 1), ptrs, dims, acts, wp,
+                            act_out), shared_mem=smem)
+        return smem, wp
+
+    def _step(self, k, X, Y, idx, B, loss, tables, acts, act_out, part, n_params, cost_out,
+              correct_out, mode, scale, lr, mu, wd, grad_out):
+        """fused_forward, fused_backward, fused_reduce_sgd for one batch of B rows."""
+        ptrs, vptrs, dims, sizes = tables
+        s = X.dtype.type
+        L = np.int32(len(sizes) - 1)
+        smem, wp = self._forward(k, X, idx, B, ptrs, dims, acts, sizes, act_out)
         if not self.deterministic:
-            part[:n_params].fill(0)
+            part[:n_params] = 0
         loss_code = LOSS_XENT if loss.name == "cross_entropy" else LOSS_SQUARED
+        T = cdiv(B, TILE_B)
         k["fused_backward"]((T,), (THREADS,),
-                            (X, Y, idx, np.int32(B), np.int32(L), ptrs, dims, acts, wp, act_out,
-                             np.int32(loss_code), part, cost_out, correct_out),
-                            shared_mem=smem)
-        t_red = T if self.deterministic else 1
-        grid = min(_cdiv(n_params, THREADS), 4096)
+                            (X, Y, idx, np.int32(B), L, ptrs, dims, acts, wp, act_out,
+                             np.int32(loss_code), part, cost_out, correct_out), shared_mem=smem)
+        grid = min(cdiv(n_params, THREADS), _REDUCE_MAX_BLOCKS)
         k["fused_reduce_sgd"]((grid,), (THREADS,),
-                              (part, np.int32(t_red), np.int32(L), ptrs, vptrs, dims, s(scale),
-                               s(lr), s(mu), s(wd), np.int32(mode),
-                               part if grad_out is None else grad_out))
+                              (part, np.int32(T if self.deterministic else 1), L, ptrs, vptrs,
+                               dims, s(scale), s(lr), s(mu), s(wd), np.int32(mode), grad_out))
 
-    def _usable(self, net, loss):
-        reason = self.supports(net, loss)
-        if reason is not None and reason not in self._warned:
-            self._warned.add(reason)
-            warnings.warn(f"backend 'fused': {reason}; using the generic SGD loop",
-                          RuntimeWarning, stacklevel=3)
-        return reason is None
+    def _acts(self, names):
+        return self.xp.asarray(np.array([activations.CODES[a] for a in names], dtype=np.int32))
 
-    # -- a run of SGD steps, fused ------------------------------------------------
-    def train_steps(self, net, X, Y, order, batch_size, loss, optimizer):
-        if not self._usable(net, loss):
-            return super().train_steps(net, X, Y, order, batch_size, loss, optimizer)
-        cp = self._cp
-        with self._ops._on_device():
-            dt = np.dtype(net.dtype)
-            X = cp.ascontiguousarray(X, dtype=dt)
-            Y = cp.ascontiguousarray(Y, dtype=dt)
-            order = cp.ascontiguousarray(order, dtype=cp.int64)
-            if optimizer.velocities is None:
-                optimizer.init_state(net)
-            mu, wd, lr = optimizer.momentum, optimizer.weight_decay, optimizer.lr
-            ptrs, vptrs, dims, acts = self._net_tables(
-                net, optimizer.velocities if mu else None)
-            n_steps = _cdiv(len(order), batch_size)
-            act_out, part, n_params = self._buffers(net.sizes, dt, batch_size)
-            t_max = _cdiv(batch_size, TILE_B)
-            cost = cp.zeros((n_steps, t_max), dtype=dt)
-            correct = cp.zeros((n_steps, t_max), dtype=cp.int32)
+    # -- the fast path: a run of SGD steps, fused ----------------------------------------
+    def train_epoch(self, params, state, X, Y, order, hyper):
+        xp = self.xp
+        with on_device(self.device):
+            dt = params[0][0].dtype
+            X = xp.ascontiguousarray(X, dtype=dt)
+            Y = xp.ascontiguousarray(Y, dtype=dt)
+            order = xp.ascontiguousarray(order, dtype=xp.int64)
+            mu, wd, lr, bs = hyper.momentum, hyper.weight_decay, hyper.lr, hyper.batch_size
+            tables = self._tables(params, state.velocities if mu else None)
+            sizes = tables[3]
+            acts = self._acts(hyper.activations)
+            k = self._kernels(dt)
+            n_steps = cdiv(len(order), bs)
+            act_out, part, n_params = self._buffers(sizes, dt, bs)
+            t_max = cdiv(bs, TILE_B)
+            cost = xp.zeros((n_steps, t_max), dtype=dt)
+            correct = xp.zeros((n_steps, t_max), dtype=xp.int32)
             for st in range(n_steps):
-                idx = order[st * batch_size:(st + 1) * batch_size]
+                idx = order[st * bs:(st + 1) * bs]
                 B = int(idx.shape[0])
-                self._launch_step(net, X, Y, idx, B, loss, act_out, part, n_params,
-                                  cost[st], correct[st], MODE_SGD, ptrs, vptrs, dims, acts,
-                                  loss.scale(B, net.n_out), lr, mu, wd)
+                self._step(k, X, Y, idx, B, hyper.loss, tables, acts, act_out, part, n_params,
+                           cost[st], correct[st], MODE_SGD, hyper.scale(B, sizes[-1]), lr, mu,
+                           wd, part)
             step_cost = cost.sum(axis=1)
-            n_correct = correct.sum(dtype=cp.int64)
-            finite = cp.isfinite(step_cost)
-            bad_step = cp.where(finite.all(), -1, cp.argmin(finite))
+            n_correct = correct.sum(dtype=xp.int64)
+            finite = xp.isfinite(step_cost)
+            bad_step = xp.where(finite.all(), -1, xp.argmin(finite))
             return step_cost, n_correct, bad_step
 
-    # -- the fused kernels outside training (used by the GPU tests) -----------------
-    def fused_gradients(self, net, X, Y, loss="sse", reduction="mean"):
-        """[(dW, db), ...] of the batch (X, Y) computed by the fused kernels
-        (the whole batch one step; mode GRAD of fused_reduce_sgd)."""
-        from .. import losses
-
-        cost = losses.get(loss, reduction)
-        self.check(net, cost)
-        cp = self._cp
-        with self._ops._on_device():
-            dt = np.dtype(net.dtype)
-            X = net._features(X)
-            Y = net._targets(Y, X.shape[0])
-            X, Y = cp.ascontiguousarray(X, dtype=dt), cp.ascontiguousarray(Y, dtype=dt)
+    # -- the kernels outside training (tests, debugging) ---------------------------------
+    def fused_gradients(self, params, acts, X, Y, loss):
+        """[(dW, db), ...] of the batch (X, Y) from the fused kernels (one step in
+        mode GRAD: the parameters are not changed); `loss` a losses.Loss."""
+        xp = self.xp
+        with on_device(self.device):
+            dt = params[0][0].dtype
+            X, Y = xp.ascontiguousarray(X, dtype=dt), xp.ascontiguousarray(Y, dtype=dt)
             B = X.shape[0]
-            idx = cp.arange(B, dtype=cp.int64)
-            ptrs, vptrs, dims, acts = self._net_tables(net)
-            act_out, part, n_params = self._buffers(net.sizes, dt, B)
-            grad = cp.empty(n_params, dtype=dt)
-            t = _cdiv(B, TILE_B)
-            c = cp.zeros(t, dtype=dt)
-            k = cp.zeros(t, dtype=cp.int32)
-            self._launch_step(net, X, Y, idx, B, cost, act_out, part, n_params, c, k,
-                              MODE_GRAD, ptrs, vptrs, dims, acts,
-                              cost.scale(B, net.n_out), 0.0, 0.0, 0.0, grad_out=grad)
+            tables = self._tables(params)
+            sizes = tables[3]
+            act_out, part, n_params = self._buffers(sizes, dt, B)
+            grad = xp.empty(n_params, dtype=dt)
+            T = cdiv(B, TILE_B)
+            self._step(self._kernels(dt), X, Y, xp.arange(B, dtype=xp.int64), B, loss, tables,
+                       self._acts(acts), act_out, part, n_params, xp.zeros(T, dtype=dt),
+                       xp.zeros(T, dtype=xp.int32), MODE_GRAD, loss.scale(B, sizes[-1]),
+                       0.0, 0.0, 0.0, grad)
             out, off = [], 0
-            for n_in, n_out in zip(net.sizes, net.sizes[1:]):
+            for n_in, n_out in zip(sizes, sizes[1:]):
                 dW = grad[off:off + n_out * n_in].reshape(n_out, n_in)
                 off += n_out * n_in
                 out.append((dW, grad[off:off + n_out]))
                 off += n_out
             return out
 
-    def fused_forward(self, net, X):
-        """The output a_L of `net` for X computed by fused_forward."""
-        self.check(net)
-        cp = self._cp
-        with self._ops._on_device():
-            dt = np.dtype(net.dtype)
-            X = cp.ascontiguousarray(net._features(X), dtype=dt)
+    def fused_forward(self, params, acts, X):
+        """The output a_L (B, n_L) of the network for X, computed by fused_forward."""
+        xp = self.xp
+        with on_device(self.device):
+            dt = params[0][0].dtype
+            X = xp.ascontiguousarray(X, dtype=dt)
             B = X.shape[0]
-            idx = cp.arange(B, dtype=cp.int64)
-            ptrs, _, dims, acts = self._net_tables(net)
-            act_out, _, _ = self._buffers(net.sizes, dt, B)
-            k = self._kernels(dt)["fused_forward"]
-            smem = shared_bytes(net.sizes, dt)
-            self._prepare(k, smem)
-            wp = np.int32(max(padded(n) for n in net.sizes[1:]))
-            k((_cdiv(B, TILE_B),), (THREADS,),
-              (X, idx, np.int32(B), np.int32(len(net.layers)), ptrs, dims, acts, wp, act_out),
-              shared_mem=smem)
-            start = B * sum(net.sizes[1:-1])
-            return act_out[start:start + B * net.n_out].reshape(B, net.n_out).copy()
+            ptrs, _, dims, sizes = self._tables(params)
+            act_out, _, _ = self._buffers(sizes, dt, B)
+            self._forward(self._kernels(dt), X, xp.arange(B, dtype=xp.int64), B, ptrs, dims,
+                          self._acts(acts), sizes, act_out)
+            start = B * sum(sizes[1:-1])
+            return act_out[start:start + B * sizes[-1]].reshape(B, sizes[-1]).copy()

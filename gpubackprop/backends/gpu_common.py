@@ -6,6 +6,7 @@ imports another backend, they all import this.
     copy_back           a kernel's stand-in output copied into the caller's `out`
     writable_out        the buffer a kernel writes into for an optional `out`
     on_device(device)   the CuPy device context (nothing on the emulator)
+    device_unavailable_reason   why a device cannot run the CUDA C kernels
     pointer(array)      the address a pointer table holds (CuPy or NumPy array)
     elementwise()       the CuPy element-wise kernels (activations.cuh as preamble)
 
@@ -45,6 +46,21 @@ def kernels_package():
             raise
     importlib.import_module("gpubackprop.kernels.emulator")
     return module
+
+
+def device_unavailable_reason(device, name):
+    """None if `device` can run the CUDA C kernels, else why not (shared by the
+    backends that launch them: the reason the device layer gives)."""
+    if device.kind == "cuda":
+        from ..device import cuda_status
+
+        n, why = cuda_status()
+        return None if n else why
+    if device.kind == "cuda-emulator":
+        from ..device import emulator_status
+
+        return emulator_status()[1] or None
+    return f"backend {name!r} runs on cuda or cuda-emulator devices, not on {device}"
 
 
 def cdiv(a, b):
