@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import gpubackprop as gb
-from gpubackprop import io as gio
 from gpubackprop.backends import unavailable_reason
 
 BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(
@@ -44,11 +43,16 @@ def _assert_state(t, state):
 
 
 def _file_state(path):
-    with np.load(path, allow_pickle=False) as f:
-        meta = json.loads(f[gio.META_KEY].tobytes())
-        n = len(meta["config"]["network"]["sizes"]) - 1
-        return ([(f[f"W{i}"], f[f"b{i}"]) for i in range(n)],
-                [(f[f"vW{i}"], f[f"vb{i}"]) for i in range(n)]), meta
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    f = load_file(str(path))
+    with safe_open(str(path), framework="numpy") as st:
+        meta = {k: json.loads(v) for k, v in st.metadata().items()
+                if k in ("config", "epoch", "step")}
+    n = len(meta["config"]["network"]["sizes"]) - 1
+    return ([(f[f"W{i}"], f[f"b{i}"]) for i in range(n)],
+            [(f[f"vW{i}"], f[f"vb{i}"]) for i in range(n)]), meta
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
