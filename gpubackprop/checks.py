@@ -48,11 +48,19 @@ def real(argument, value, low=None, high=None, low_open=False, high_open=False):
     if high is not None:
         bad |= value >= high if high_open else value > high
     if bad:
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
-        rng = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
-        raise ValueError(f"{argument} must be a finite number in {rng}; got {value}")
+        rng = _bounds(low, high, low_open, high_open)
+        raise ValueError(f"{argument} must be a finite number{rng}; got {value}")
     return value
+
+
+def _bounds(low, high, low_open, high_open):
+    """' > 0', ' >= 0 and < 1', '' (no bounds): the range in words."""
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high:g}")
+    return (" " + " and ".join(parts)) if parts else ""
 
 
 def dtype_name(argument, dtype):
