@@ -126,7 +126,12 @@ def import_cupy():
 
 @functools.lru_cache(maxsize=1)
 def cuda_status():
-    """(number of usable CUDA devices, reason when there are none)."""
+    """(number of usable CUDA devices, reason when there are none).
+
+    The reason says which of three things is missing: CuPy itself, a GPU
+    with its driver, or CuPy's ability to compile a kernel (NVRTC needs the
+    CUDA headers; without them the first kernel would fail, so a GPU that
+    cannot compile is not offered)."""
     try:
         cp = import_cupy()
     except RuntimeError as exc:
@@ -134,10 +139,82 @@ def cuda_status():
     try:
         n = cp.cuda.runtime.getDeviceCount()
     except Exception as exc:  # no driver, driver too old, ...
-        return 0, f"CUDA is not usable: the CUDA runtime reports {exc}"
+        return 0, _no_gpu_reason(exc)
     if n == 0:
-        return 0, "CUDA is not usable: no CUDA device found"
-    return n, ""
+        return 0, _no_gpu_reason(None)
+    why = _compile_probe(cp)
+    return (0, why) if why else (n, "")
+
+
+def _driver_loadable():
+    """Whether the NVIDIA driver's CUDA library can be loaded in this process."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def _no_gpu_reason(error):
+    """Why CuPy (installed) sees no device: no driver at all, or what the
+    runtime reports when there is one (an old driver, no device)."""
+    if not _driver_loadable():
+        return ("CUDA is not usable: CuPy is installed, but no NVIDIA GPU driver was found "
+                "(the CUDA driver library cannot be loaded): this machine has no usable "
+                "NVIDIA GPU")
+    if error is None:
+        return "CUDA is not usable: the NVIDIA driver is there, but it reports no CUDA device"
+    return f"CUDA is not usable: the NVIDIA driver is there, but the CUDA runtime reports {error}"
+
+
+def _compile_probe(cp):
+    """None if CuPy compiles and runs a tiny element-wise kernel, else why not."""
+    try:
+        x = cp.arange(4, dtype=cp.float32)
+        y = cp.ElementwiseKernel("float32 x", "float32 y", "y = 2 * x + 1",
+                                 "gpubackprop_probe")(x)
+        ok = float(y.sum()) == 16.0
+    except Exception as exc:  # CompileException (headers), CUDARuntimeError, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "cannot open source file" in str(exc):
+            return ("CUDA is not usable: CuPy cannot compile kernels, the CUDA headers are "
+                    f"missing ({first}); install them: pip install 'cupy-cuda13x[ctk]' (or "
+                    "cupy-cuda12x[ctk]), or the CUDA toolkit")
+        return f"CUDA is not usable: CuPy cannot compile or run a first kernel ({first})"
+    if not ok:
+        return "CUDA is not usable: a first CuPy kernel computed a wrong result"
+    return None
+
+
+def cuda_include_path():
+    """A folder of CUDA headers that really holds crt/mma.h (what <mma.h>, the
+    TF32 kernel's tensor-core header, includes), or None.
+
+    The nvidia-cuda-runtime wheel's include folder, which CuPy hands to NVRTC,
+    has mma.h but not crt/mma.h (that ships in nvidia-cuda-crt), so NVRTC
+    fails with `cannot open source file "crt/mma.h"` unless a folder that has
+    it is added with -I.  Looked for in the NVIDIA wheels on sys.path first
+    (matching the installed runtime), then in the CUDA toolkit of the `nvcc`
+    on PATH, then /usr/local/cuda."""
+    import glob
+    import os
+    import shutil
+
+    folders = []
+    for root in sys.path:
+        if root and os.path.isdir(os.path.join(root, "nvidia")):
+            folders += sorted(glob.glob(os.path.join(root, "nvidia", "*", "include")))
+    nvcc = shutil.which("nvcc")
+    homes = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    for home in homes + ["/usr/local/cuda"]:
+        folders += [os.path.join(home, "include")] + \
+            sorted(glob.glob(os.path.join(home, "targets", "*", "include")))
+    for folder in folders:
+        if os.path.isfile(os.path.join(folder, "crt", "mma.h")):
+            return folder
+    return None
 
 
 def available_devices():
@@ -199,8 +276,7 @@ def device(spec="auto"):
     if i < 0:
         raise ValueError(f"device index must be >= 0, as in 'cuda:0'; got {spec!r}")
     if not n:
-        raise RuntimeError(f"device {spec!r} was asked for, but {reason}"
-                           + ("" if INSTALL_HINT in reason else f"; {INSTALL_HINT}"))
+        raise RuntimeError(f"device {spec!r} was asked for, but {reason}")
     if not 0 <= i < n:
         raise ValueError(f"device {spec!r}: index out of range, this machine has {n} "
                          f"CUDA device(s) (cuda:0..cuda:{n - 1})")
