@@ -1,13 +1,12 @@
-"""pytest-benchmark suites for gpubackprop (issue 4).
+"""pytest-benchmark suites for gpubackprop.
 
     pytest bench                          # tiny sizes: every code path, in seconds
-    pytest bench --benchmark-disable      # the CI mode: each case runs once, no timing
-    pytest bench --full                   # the full sizes (or GPUBACKPROP_BENCH_FULL=1)
+    pytest bench --benchmark-disable      # each case runs once, no timing (tests/test_bench.py)
     pytest bench --quick                  # the sizes of the default `gpubackprop bench`
+    pytest bench --full                   # the full sizes
 
 The sizes come from gpubackprop.bench.PROFILES ("tiny", "quick", "full"), so
 the suites and the `gpubackprop bench` command measure the same things.
-bench/bench_cpu_epoch.py beside these is a script, run directly (not collected).
 """
 import os
 import shutil
@@ -26,25 +25,22 @@ if "NUMBA_ENABLE_CUDASIM" not in os.environ and not _gpu_present():
 
 def pytest_addoption(parser):
     group = parser.getgroup("gpubackprop bench")
-    group.addoption("--full", action="store_true", default=False,
-                    help="full-size regimes (also: GPUBACKPROP_BENCH_FULL=1)")
+    group.addoption("--full", action="store_true", default=False, help="full-size regimes")
     group.addoption("--quick", action="store_true", default=False,
                     help="the sizes of the default `gpubackprop bench` run")
 
 
 def profile_name(config):
-    if config.getoption("--full") or os.environ.get("GPUBACKPROP_BENCH_FULL", "") not in ("", "0"):
+    if config.getoption("--full"):
         return "full"
-    if config.getoption("--quick"):
-        return "quick"
-    return "tiny"
+    return "quick" if config.getoption("--quick") else "tiny"
 
 
 def _devices():
     from gpubackprop.device import available_devices
 
-    devs = available_devices()
-    return ["cpu"] + [d for d in devs if d != "cpu"][:1]
+    # real GPUs only: timing the cuda-emulator would measure nothing
+    return ["cpu"] + [d for d in available_devices() if d.startswith("cuda:")][:1]
 
 
 DEVICES = _devices()
@@ -54,34 +50,23 @@ DEVICES = _devices()
 def profile(pytestconfig):
     from gpubackprop.bench import PROFILES
 
-    name = profile_name(pytestconfig)
-    return name, PROFILES[name]
+    return PROFILES[profile_name(pytestconfig)]
 
 
 def pytest_generate_tests(metafunc):
     """Parametrise over the grids of the chosen profile."""
     from gpubackprop import backends
-    from gpubackprop.bench import OPS, PROFILES
+    from gpubackprop.bench import OPS, PEERS, PROFILES
     from gpubackprop.device import device
 
     cfg = PROFILES[profile_name(metafunc.config)]
     if "op_case" in metafunc.fixturenames:
-        params = []
-        for dev in DEVICES:
-            for be in backends.available(device(dev)):
-                for op in OPS:
-                    for batch in cfg["ops"]["batches"]:
-                        for width in cfg["ops"]["widths"]:
-                            params.append(pytest.param(
-                                (be, dev, op, batch, width),
-                                id=f"{dev}-{be}-{op}-b{batch}-w{width}"))
-        metafunc.parametrize("op_case", params)
+        metafunc.parametrize("op_case", [
+            pytest.param((be, dev, op, batch, width), id=f"{dev}-{be}-{op}-b{batch}-w{width}")
+            for dev in DEVICES for be in backends.available(device(dev))
+            for op in OPS for batch in cfg.ops_batches for width in cfg.ops_widths])
     if "training_case" in metafunc.fixturenames:
-        params = []
-        for regime in cfg["regimes"]:
-            for dev in DEVICES:
-                for impl in ("gpubackprop", "torch-eager", "torch-graphs", "torch-compile",
-                             "sklearn", "floor"):
-                    params.append(pytest.param((regime, dev, impl),
-                                               id=f"{regime.name}-{dev}-{impl}"))
-        metafunc.parametrize("training_case", params)
+        metafunc.parametrize("training_case", [
+            pytest.param((regime, dev, impl), id=f"{regime.name}-{dev}-{impl}")
+            for regime in cfg.regimes for dev in DEVICES
+            for impl in ("gpubackprop",) + PEERS])

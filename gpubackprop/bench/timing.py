@@ -1,0 +1,109 @@
+"""Timing: warm-up, round-robin timed runs, medians, and the rows of a regime.
+
+Every case runs `warmup` times first (JIT compilation, autotuning, caches,
+allocator pools), then the timed runs go round-robin over the cases, so a
+change in machine load hits them alike.  Each timed run ends with a device
+synchronisation inside the timed region.  A row's figure is the median time;
+its spread is the interquartile range and min-max of samples/s.
+"""
+import time
+
+import numpy as np
+
+
+def stats(values):
+    """Median, quartiles, IQR, min, max and count of `values`."""
+    v = np.asarray(values, dtype=float)
+    q1, med, q3 = np.percentile(v, [25, 50, 75])
+    return {"median": float(med), "q1": float(q1), "q3": float(q3), "iqr": float(q3 - q1),
+            "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}
+
+
+def time_cases(cases, repeats, warmup, say=None):
+    """Warm up every case, then time `repeats` runs of each, round-robin.
+
+    Returns ({case: [seconds, ...]}, [(impl, reason)] for the cases that failed).
+    A failing peer is dropped and reported; ours failing raises."""
+    failed = []
+    live = []
+    for case in cases:
+        try:
+            for _ in range(warmup):
+                case.run()
+            live.append(case)
+        except Exception as exc:
+            if case.role == "ours":
+                raise
+            failed.append((case.impl, f"failed: {type(exc).__name__}: {exc}"))
+    times = {case: [] for case in live}
+    for r in range(repeats):
+        for case in list(live):
+            try:
+                t0 = time.perf_counter()
+                case.run()
+                dt = time.perf_counter() - t0
+            except Exception as exc:
+                if case.role == "ours":
+                    raise
+                failed.append((case.impl, f"failed: {type(exc).__name__}: {exc}"))
+                live.remove(case)
+                del times[case]
+                continue
+            times[case].append(dt)
+            if say is not None:
+                say(f"{case.device:<7} {case.regime.name:<7} {case.label:<34} "
+                    f"{case.regime.samples / dt:>12,.0f} samples/s  (run {r + 1}/{repeats})")
+    return times, failed
+
+
+def rows(regime, times):
+    """One JSON row per case from its run times, with the ratios:
+
+    ratio          peer time / ours (auto) time: > 1 means ours is faster
+    gemm_fraction  GEMM-only time / this row's time: the share of the row's
+                   time that its GEMMs alone would take with the GEMM library
+                   of the "floor" row (<= 1 for anything built on that library;
+                   > 1 means the row beats those GEMMs alone)
+    """
+    out = []
+    for case, ts in times.items():
+        if not ts:
+            continue
+        t_med = float(np.median(ts))
+        sps = stats([regime.samples / t for t in ts])
+        sps["median"] = regime.samples / t_med        # the median time's rate
+        out.append({"regime": regime.name, "device": case.device, "impl": case.impl,
+                    "role": case.role, "label": case.label, "backend": case.backend,
+                    "batch": regime.batch, "samples_per_run": regime.samples,
+                    "steps_per_run": regime.steps, "times_s": [round(t, 6) for t in ts],
+                    "time_s": t_med, "samples_per_s": sps,
+                    "gflops": sps["median"] * regime.flops_per_sample / 1e9,
+                    "gemm_fraction": None, "ratio": None, "notes": case.notes})
+    ours = next((r for r in out if r["role"] == "ours"), None)
+    gemm = next((r for r in out if r["role"] == "gemm"), None)
+    for r in out:
+        if ours is not None:
+            r["ratio"] = r["time_s"] / ours["time_s"]
+        if gemm is not None:
+            r["gemm_fraction"] = gemm["time_s"] / r["time_s"]
+    return out
+
+
+def crossover(sweep_rows):
+    """The smallest batch from which gpubackprop on the GPU beats it on the CPU
+    at every larger batch of the sweep (None without both, or if it never does)."""
+    ours = {}
+    for r in sweep_rows:
+        if r["role"] == "ours":
+            ours.setdefault(r["device"], {})[r["batch"]] = r["samples_per_s"]["median"]
+    cpu = ours.get("cpu", {})
+    gpus = sorted(d for d in ours if d != "cpu")
+    if not cpu or not gpus:
+        return None
+    gpu = ours[gpus[0]]
+    best = None
+    for b in sorted(set(cpu) & set(gpu), reverse=True):
+        if gpu[b] <= cpu[b]:
+            break
+        best = b
+    return best
