@@ -11,8 +11,16 @@ keeps on the network's device, by part:
     activations  a_0..a_L of one step, and the batch    B * (sum(sizes) + n_out) * itemsize
                  of targets y
     deltas       delta_1..delta_L of one step           B * sum(sizes[1:]) * itemsize
-    gradients    one layer's dW, db at a time (the      max(n_out * n_in + n_out) * itemsize
-                 unfused backends)
+    gradients    every layer's dW, db (the step's         P * itemsize
+                 workspace)
+    backend_scratch  what the network's backend keeps beside the workspace:
+                 fused: the activation scratch and     B * sum(sizes[1:]) * itemsize
+                 one gradient partial per 64-row tile    + ceil(B / 64) * P * itemsize
+                 (one in all with deterministic=False)
+                 cuda: the batch-split partial sums     max over layers of
+                 of the weight gradient                  chunks * (n_out * n_in + n_out)
+                                                         * itemsize (kernels.update_chunks)
+                 others: 0
     step_costs   one cost per step of an epoch          ceil(N / B) * itemsize
     validation   X_val, Y_val and the activations of    V * (n_in + n_out) * itemsize
                  one evaluation chunk                     + min(V, chunk) * sum(sizes) * itemsize
@@ -38,7 +46,7 @@ USABLE_FRACTION = 0.9
 EVAL_CHUNK = 8192
 
 PARTS = ("parameters", "momentum", "snapshot", "data", "activations", "deltas",
-         "gradients", "step_costs", "validation")
+         "gradients", "backend_scratch", "step_costs", "validation")
 
 
 class DeviceOutOfMemory(RuntimeError):
@@ -67,8 +75,7 @@ def estimate(net, batch_size, n_samples, n_val=0, momentum=True, eval_chunk=EVAL
     item = np.dtype(net.dtype).itemsize
     sizes = net.sizes
     n_in, n_out = sizes[0], sizes[-1]
-    layer_params = [o * i + o for i, o in zip(sizes, sizes[1:])]
-    P = sum(layer_params)
+    P = sum(o * i + o for i, o in zip(sizes, sizes[1:]))
     B = min(batch_size, n_samples)
     C = min(n_val, eval_chunk)
     out = {
@@ -78,12 +85,38 @@ def estimate(net, batch_size, n_samples, n_val=0, momentum=True, eval_chunk=EVAL
         "data": n_samples * (n_in + n_out) * item + 8 * n_samples,
         "activations": B * (sum(sizes) + n_out) * item,
         "deltas": B * sum(sizes[1:]) * item,
-        "gradients": max(layer_params) * item,
+        "gradients": P * item,
+        "backend_scratch": backend_scratch(net.backend, sizes, B, net.dtype),
         "step_costs": math.ceil(n_samples / batch_size) * item,
         "validation": n_val * (n_in + n_out) * item + C * sum(sizes) * item,
     }
     out["total"] = sum(out[k] for k in PARTS)
     return out
+
+
+def backend_scratch(backend, sizes, batch, dtype):
+    """Bytes `backend` allocates for a step of `batch` rows beside the
+    trainer's workspace (see the table above; the sizes are the backends' own
+    buffers: FusedBackend._buffers, CudaBackend's batch-split partials)."""
+    item = np.dtype(dtype).itemsize
+    layers = list(zip(sizes, sizes[1:]))
+    name = getattr(backend, "name", None)
+    if name == "fused":
+        from .backends.gpu_common import kernels_package
+
+        tile = kernels_package().FUSED["FUSED_TILE_B"]
+        tiles = math.ceil(batch / tile) if getattr(backend, "deterministic", True) else 1
+        P = sum(o * i + o for i, o in layers)
+        return (batch * sum(sizes[1:]) + tiles * P) * item
+    if name == "cuda":
+        from .backends.gpu_common import kernels_package
+
+        kp = kernels_package()
+        parts = [chunks * (o * i + o) for i, o in layers
+                 for chunks, _ in [kp.update_chunks(batch, o, i, np.dtype(dtype).name)]
+                 if chunks > 1]
+        return max(parts, default=0) * item
+    return 0
 
 
 def _mib(n):
@@ -109,6 +142,9 @@ def check_fits(needed, free_bytes, device="cuda", usable_fraction=USABLE_FRACTIO
         hints.append("use a smaller batch_size")
     if dtype != "float32":
         hints.append("use dtype='float32' (halves every figure)")
+    if biggest == "backend_scratch":
+        hints.append("use a smaller batch_size (the backend's per-tile gradient partials "
+                     "grow with it), or FusedBackend(device, deterministic=False)")
     if biggest in ("parameters", "momentum", "snapshot", "gradients"):
         hints.append("use fewer or narrower layers, or SGD without momentum")
     hints.append("free GPU memory held by other processes, or use another device")
