@@ -29,9 +29,11 @@ from . import CPU_RUNTIME_DIR, KERNEL_DIR, _path, check_launch, check_optin, \
     kernel_parameters, source
 
 COMPILERS = ("g++", "clang++")
-FLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-U_FORTIFY_SOURCE")
+FLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-U_FORTIFY_SOURCE",
+         "-fvisibility=hidden")
 DEFAULT_CACHE = pathlib.Path.home() / ".cache" / "gpubackprop" / "emulator"
-_EXTERN_SHARED = re.compile(r"extern\s+__shared__[^;\[]*?(\w+)\s*\[\s*\]")
+_EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+([^;\[]*?)\s*\b(\w+)\s*\[\s*\]\s*;")
+_ALIGN = re.compile(r"__align__\s*\(\s*\d+\s*\)")
 _ERR_LEN = 1024
 
 
@@ -68,11 +70,13 @@ def _first_lines(text, n):
 def _wrapper(path, text):
     """The C++ file that includes the kernel source and exports its kernels."""
     names = kernel_parameters(text)
-    dyn = sorted(set(_EXTERN_SHARED.findall(text)))
+    # extern __shared__ arrays: defined here with room for the largest opt-in
+    dyn = sorted({(name, _ALIGN.sub("", ctype).strip())
+                  for ctype, name in _EXTERN_SHARED.findall(text)})
     lines = [f'#include "{path}"', "#define GBEMU_MAX_SMEM (227 * 1024)"]
-    lines += [f"alignas(128) thread_local unsigned char {d}[GBEMU_MAX_SMEM];" for d in dyn]
+    lines += [f"alignas(128) thread_local {c} {d}[GBEMU_MAX_SMEM / sizeof({c})];" for d, c in dyn]
     lines += ["static int gbemu_dynamic_shared(unsigned char** out)", "{"]
-    lines += [f"    out[{i}] = {d};" for i, d in enumerate(dyn)]
+    lines += [f"    out[{i}] = (unsigned char*){d};" for i, (d, _) in enumerate(dyn)]
     lines += [f"    return {len(dyn)};", "}"]
     lines += [f"GBEMU_EXPORT({k})" for k in names]
     return "\n".join(lines) + "\n", names

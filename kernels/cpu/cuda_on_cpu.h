@@ -133,6 +133,10 @@ inline void __threadfence_block() {}
 #define asm GBEMU_UNSUPPORTED_(GCC error "cuda_on_cpu.h: inline PTX (asm) cannot be emulated on the CPU") (void)
 // (cooperative groups: kernels/cpu/cooperative_groups.h is an #error)
 
+// the library's entry points; everything else is hidden (-fvisibility=hidden), so
+// two loaded kernel libraries never share the runtime's state
+#define GBEMU_API __attribute__((visibility("default")))
+
 // ---- the fiber scheduler -------------------------------------------------------------
 namespace gbemu {
 
@@ -381,14 +385,14 @@ inline int launch(const char* name, void (*kernel)(A...), const unsigned* grid,
 }  // namespace gbemu
 
 // the order threads run within a barrier phase: 0 = 0, 1, ..., 1 = reverse
-extern "C" void gbemu_set_schedule(int order) { gbemu::schedule_order = order; }
+extern "C" GBEMU_API void gbemu_set_schedule(int order) { gbemu::schedule_order = order; }
 
 // GBEMU_EXPORT(K): the ctypes entry points of kernel K.  The including file
 // defines `static int gbemu_dynamic_shared(unsigned char** out)`, which lists
 // its extern __shared__ arrays (the loader generates it).
 #define GBEMU_EXPORT(K)                                                                   \
-    extern "C" const char* gbemu_signature_##K() { return gbemu::signature(&K); }         \
-    extern "C" int gbemu_launch_##K(const unsigned* grid, const unsigned* block,          \
+    extern "C" GBEMU_API const char* gbemu_signature_##K() { return gbemu::signature(&K); }         \
+    extern "C" GBEMU_API int gbemu_launch_##K(const unsigned* grid, const unsigned* block,          \
                                     unsigned long long smem, void** args, char* err,      \
                                     size_t errlen)                                        \
     {                                                                                     \
