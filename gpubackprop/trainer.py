@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from . import inputs, losses, memory
+from . import distributed, inputs, losses, memory
 from .checks import boolean, positive_int
 from .backends.base import Hyper
 from .checkpoint import Checkpoint
@@ -26,9 +26,14 @@ from .tensor import unwrap
 
 
 class Trainer:
-    """trainer = Trainer(net, loss="sse", optimizer=SGD(lr=3.0), batch_size=10, seed=0)"""
+    """trainer = Trainer(net, loss="sse", optimizer=SGD(lr=3.0), batch_size=10, seed=0)
 
-    def __init__(self, net, loss="sse", optimizer=None, batch_size=10, seed=0, reduction="mean"):
+    comm: a communicator from gpubackprop.distributed.init() for data-parallel
+    training (batch_size is then the GLOBAL batch, split over the ranks);
+    None is the one-rank world."""
+
+    def __init__(self, net, loss="sse", optimizer=None, batch_size=10, seed=0, reduction="mean",
+                 comm=None):
         from .network import MLP
 
         if not isinstance(net, MLP):
@@ -44,6 +49,12 @@ class Trainer:
         self.batch_size = positive_int("batch_size", batch_size)
         self.seed = positive_int("seed", seed, minimum=0)
         self.rng = np.random.default_rng(self.seed)
+        if comm is None:
+            comm = distributed.local()
+        if not isinstance(comm, distributed.Communicator):
+            raise TypeError(f"comm must come from gpubackprop.distributed.init(); "
+                            f"got {type(comm).__name__}")
+        self.comm = comm
         self.history = History()
         #: the optimizer's state (optim.SGDState), made on the first fit
         self.state = None
@@ -162,15 +173,21 @@ class Trainer:
                              "set finite ones (layer.set_params) before training")
         n, bs = X.shape[0], self.batch_size
         n_steps = math.ceil(n / bs)
+        comm = self.comm
+        if comm.communicates:      # before the first collective: do all ranks run this job?
+            distributed.agree_on_run(self, X, Y, epochs=epochs, checkpoint=ckpt is not None,
+                                     checkpoint_every=checkpoint_every, resume=resume)
         start_epoch, start_step, partial = 0, 0, _NO_PARTIAL
         if not self.optimizer.state_fits(self.state, net.params):
             self.state = self.optimizer.init_state(net.params)
-        if ckpt is not None:
+        if ckpt is not None:       # only rank 0 touches the file; the others follow it
             ckpt.n_samples = n
-            ckpt.remove_stale_temps()
-            if resume and ckpt.exists():
-                start_epoch, start_step, partial = ckpt.restore()
-        bar = ProgressBar(epochs * n_steps, enabled=progress)
+            comm.on_root(ckpt.remove_stale_temps)
+            if resume and comm.on_root(ckpt.exists):
+                start_epoch, start_step, partial = comm.on_root(ckpt.restore)
+        if comm.communicates:      # rank 0's parameters, momentum, shuffle and history
+            distributed.broadcast_start(self)
+        bar = ProgressBar(epochs * n_steps, enabled=progress if comm.rank == 0 else False)
         bar.update(start_epoch * n_steps + start_step)
         chunk = min(checkpoint_every or n_steps, bar.chunk_steps(n_steps))
 
@@ -200,7 +217,7 @@ class Trainer:
                     self._check_params(epoch, stop, snapshot)
                     done_costs = np.concatenate([done_costs, *map(_host64, costs)])
                     costs, n_correct = [], int(to_host(n_correct))
-                    ckpt.save(epoch, stop, rng_state, (done_costs, n_correct))
+                    comm.on_root(ckpt.save, epoch, stop, rng_state, (done_costs, n_correct))
                     snapshot = self._snapshot()
                 step = stop
             start_step, partial = 0, _NO_PARTIAL
@@ -216,8 +233,10 @@ class Trainer:
                                        net.n_out, prefix="val_"))
             record["time"] = time.perf_counter() - t0
             self.history.append(record)
+            if comm.communicates:  # bitwise the same parameters on every rank, or DesyncError
+                distributed.check_in_sync(self, epoch)
             if ckpt is not None:
-                ckpt.save(epoch + 1, 0, self.rng.bit_generator.state, _NO_PARTIAL)
+                comm.on_root(ckpt.save, epoch + 1, 0, self.rng.bit_generator.state, _NO_PARTIAL)
             bar.epoch_done(record)
             if callback is not None:
                 callback(record)
@@ -238,10 +257,13 @@ class Trainer:
         bad_step): each step's sum of C0 before its update, the rows with
         argmax(a) == argmax(y), the first step whose cost was not finite (-1
         if none).  Nothing here waits on the device."""
-        net, hyper = self.net, self.hyper()
+        net, hyper, comm = self.net, self.hyper(), self.comm
         backend = net.backend
         if self.optimizer.fused_record() is not None and backend.fuses(hyper):
-            return backend.train_epoch(net.params, self.state, X, Y, order, hyper)
+            if not comm.communicates:
+                return backend.train_epoch(net.params, self.state, X, Y, order, hyper)
+            comm.say_once("fused", f"backend {backend.name!r} fuses the gradient with the "
+                          "update, so data-parallel training runs the trainer's loop instead")
         xp, bs = backend.xp, self.batch_size
         n_steps = -(-len(order) // bs)
         step_costs = xp.empty(n_steps, dtype=X.dtype)
@@ -250,6 +272,8 @@ class Trainer:
             cost, correct = self._update_mini_batch(X, Y, order[s * bs:(s + 1) * bs], hyper)
             step_costs[s] = cost
             n_correct += correct
+        if comm.communicates:      # each rank saw its shard: add them up, as float64
+            step_costs, n_correct = _global_sums(comm, xp, step_costs, n_correct)
         finite = xp.isfinite(step_costs)
         bad_step = xp.where(finite.all(), -1, xp.argmin(finite))
         return step_costs, n_correct, bad_step
@@ -258,9 +282,11 @@ class Trainer:
         """One SGD step on the rows `idx` of (X, Y), as Nielsen's
         update_mini_batch: forward, backward, gradients, update.  Returns
         (sum of the batch's C0 before the update, rows classified right)."""
-        net, backend = self.net, self.net.backend
+        net, backend, comm = self.net, self.net.backend, self.comm
         xp, params, acts = backend.xp, net.params, hyper.activations
-        ws = backend.workspace(net.sizes, self.batch_size, X.dtype)
+        B = len(idx)                          # the global batch
+        idx = comm.shard(idx)                 # this rank's contiguous part of it (maybe empty)
+        ws = backend.workspace(net.sizes, comm.shard_rows(self.batch_size), X.dtype)
         x, y, a_out, delta_out = ws.rows(len(idx))
         xp.take(X, idx, axis=0, out=x)
         xp.take(Y, idx, axis=0, out=y)
@@ -268,9 +294,10 @@ class Trainer:
         cost = self.loss.total(a[-1], y, acts[-1], xp)
         correct = (a[-1].argmax(axis=1) == y.argmax(axis=1)).sum()
         delta = backend.backward(params, acts, a, y, self.loss, out=delta_out)
-        scale = hyper.scale(len(idx), net.n_out)
+        scale = hyper.scale(B, net.n_out)     # 1/B of the GLOBAL batch: the ranks' parts add up
         nabla = [backend.weight_gradient(d, a_prev, scale, dW=dW, db=db)   # dC/dW, dC/db
                  for d, a_prev, (dW, db) in zip(delta, a[:-1], ws.grads)]
+        comm.allreduce(ws.grad_buffer)        # sum over ranks: one flat buffer (one rank: no-op)
         self.optimizer.step(params, nabla, self.state)
         return cost, correct
 
@@ -325,6 +352,14 @@ class Trainer:
                 self._restore(snapshot)
                 raise TrainingDiverged(epoch, first + bad)
         marks.clear()
+
+
+def _global_sums(comm, xp, step_costs, n_correct):
+    """Every rank's per-step costs and hits summed over ranks, as float64."""
+    totals = xp.concatenate([step_costs.astype(xp.float64),
+                             xp.asarray(n_correct, dtype=xp.float64).reshape(1)])
+    comm.allreduce(totals)
+    return totals[:-1], totals[-1]
 
 
 def _rows(X):

@@ -165,17 +165,39 @@ class Workspace:
     """The arrays of one SGD step, allocated once: the mini-batch x and
     targets y, each layer's activations a[l] (B, n_{l+1}), deltas delta[l]
     (B, n_{l+1}) and gradients grads[l] = (dW, db).  A smaller last batch
-    uses the first rows."""
+    uses the first rows.  The gradients are views of one flat `grad_buffer`
+    in layer order (dW0, db0, dW1, ...), so data-parallel training sums
+    them over ranks with one all-reduce."""
 
     def __init__(self, xp, sizes, batch_size, dtype):
         self.x = xp.empty((batch_size, sizes[0]), dtype=dtype)
         self.y = xp.empty((batch_size, sizes[-1]), dtype=dtype)
         self.a = [xp.empty((batch_size, n), dtype=dtype) for n in sizes[1:]]
         self.delta = [xp.empty((batch_size, n), dtype=dtype) for n in sizes[1:]]
-        self.grads = [(xp.empty((n_out, n_in), dtype=dtype), xp.empty(n_out, dtype=dtype))
-                      for n_in, n_out in zip(sizes, sizes[1:])]
+        self.grad_buffer, self.grads = _flat_grads(xp, sizes, dtype)
 
     def rows(self, B):
         """Views of the first B rows: (x, y, a list, delta list)."""
         return (self.x[:B], self.y[:B], [a[:B] for a in self.a],
                 [d[:B] for d in self.delta])
+
+
+def _flat_grads(xp, sizes, dtype, align=64):
+    """One zeroed flat buffer and [(dW, db)] views of it in layer order; each
+    view starts at a multiple of `align` elements (256+ bytes, as cudaMalloc)
+    so kernels may use vector loads on it."""
+    shapes = [s for n_in, n_out in zip(sizes, sizes[1:]) for s in ((n_out, n_in), (n_out,))]
+    starts, total = [], 0
+    for shape in shapes:
+        starts.append(total)
+        total += -(-_size(shape) // align) * align
+    buffer = xp.zeros(total, dtype=dtype)
+    views = [buffer[o:o + _size(shape)].reshape(shape) for o, shape in zip(starts, shapes)]
+    return buffer, list(zip(views[0::2], views[1::2]))
+
+
+def _size(shape):
+    size = 1
+    for n in shape:
+        size *= n
+    return size
