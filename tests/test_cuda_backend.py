@@ -1,0 +1,103 @@
+"""The `cuda` backend (the CUDA C kernels through the launch seam) on the
+cuda-emulator, and on a GPU when there is one, against the float64 NumPy
+reference: the four ops, and training (train_epoch, the loop with the update
+fused into weight_update.cu) with momentum, weight decay, a ragged last batch,
+sse / mse / cross entropy, depths 1 to 4.
+"""
+import numpy as np
+import pytest
+
+import gpubackprop as gb
+from gpubackprop import losses
+from gpubackprop.backends.base import Hyper
+from gpubackprop.backends.cuda_backend import CudaBackend
+from gpubackprop.optim import SGD
+
+from emulated import TOL, build_all, forward_ref, needs_emulator, problem, reference_epoch, rel_err
+
+DEVICES = ["cuda-emulator"] + [d for d in gb.available_devices() if d.startswith("cuda:")][:1]
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def dev(request):
+    if request.param == "cuda-emulator":
+        if needs_emulator.args[0]:
+            pytest.skip(needs_emulator.kwargs["reason"])
+        build_all()
+    return gb.device(request.param)
+
+
+def _host(x):
+    return gb.device("cpu").asarray(x)
+
+
+# sizes, activations, loss, batch size, rows (a ragged last batch in every case)
+CASES = [
+    ([7, 5], ("sigmoid",), "sse", 4, 10),
+    ([33, 17, 4], ("tanh", "softmax"), "cross_entropy", 16, 70),
+    ([20, 9, 65, 3], ("relu", "softplus", "identity"), "mse", 32, 100),
+    ([13, 8, 7, 6, 5], ("leaky_relu", "tanh", "sigmoid", "identity"), "cross_entropy", 300, 301),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("case", CASES, ids=[f"depth{len(c[0]) - 1}-{c[2]}" for c in CASES])
+def test_train_epoch_matches_the_numpy_loop(dev, case, dtype):
+    sizes, acts, loss, bs, n = case
+    params, X, Y = problem(sizes, n, dtype, seed=len(sizes))
+    hyper = Hyper(acts, losses.get(loss), bs, lr=0.2, momentum=0.9, weight_decay=1e-3)
+    order = np.random.default_rng(1).permutation(n)
+    ref, ref_costs, ref_correct = reference_epoch(params, X, Y, order, hyper)
+    be = CudaBackend(dev)
+    assert be.fuses(hyper)
+    p = [(dev.asarray(W), dev.asarray(b)) for W, b in params]
+    state = SGD(0.2, 0.9, 1e-3).init_state(p)
+    costs, correct, bad = be.train_epoch(p, state, dev.asarray(X), dev.asarray(Y),
+                                         dev.asarray(order), hyper)
+    for (W, b), (W0, b0) in zip(p, ref):
+        assert rel_err(_host(W), W0) <= TOL[dtype] and rel_err(_host(b), b0) <= TOL[dtype]
+    assert rel_err(_host(costs), ref_costs) <= TOL[dtype]
+    assert int(_host(bad)) == -1
+    if dtype == "float64":
+        assert int(_host(correct)) == ref_correct
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_ops_match_the_reference(dev, dtype):
+    be = CudaBackend(dev)
+    params, X, Y = problem([65, 33, 7], 129, dtype, seed=3)
+    (W, b), (W2, b2) = params
+    a1 = be.dense_forward(dev.asarray(X), dev.asarray(W), dev.asarray(b), "softplus")
+    assert rel_err(_host(a1), forward_ref(X, W, b, "softplus")) <= TOL[dtype]
+    a2 = be.dense_forward(a1, dev.asarray(W2), dev.asarray(b2), "softmax")
+    ref2 = forward_ref(forward_ref(X, W, b, "softplus"), W2, b2, "softmax")
+    assert rel_err(_host(a2), ref2) <= TOL[dtype]
+    out = dev.asarray(np.empty((129, 7), dtype=dtype)).T.copy().T      # not C-contiguous
+    assert be.dense_forward(a1, dev.asarray(W2), dev.asarray(b2), "softmax", out=out) is out
+    assert rel_err(_host(out), ref2) <= TOL[dtype]
+    cost = losses.get("sse")
+    delta = be.output_delta(a2, dev.asarray(Y), cost, "sigmoid")
+    a2h = _host(a2).astype(np.float64)
+    assert rel_err(_host(delta), 2 * (a2h - Y) * a2h * (1 - a2h)) <= TOL[dtype]
+    dW, db = be.weight_gradient(delta, a1, 0.5)
+    a1h = _host(a1).astype(np.float64)
+    dh = _host(delta).astype(np.float64)
+    assert rel_err(_host(dW), 0.5 * dh.T @ a1h) <= TOL[dtype]
+    assert rel_err(_host(db), 0.5 * dh.sum(0)) <= TOL[dtype]
+
+
+def test_tf32_option_runs_the_tensor_core_kernel(dev):
+    be = CudaBackend(dev, tf32=True)
+    params, X, _ = problem([65, 33], 40, "float32", seed=4)
+    (W, b), = params
+    a = _host(be.dense_forward(dev.asarray(X), dev.asarray(W), dev.asarray(b), "identity"))
+    exact = forward_ref(X, W, b, "identity")
+    assert 1e-6 < rel_err(a, exact) <= 2e-2       # rounded to TF32, not the FP32 kernel
+    with pytest.raises(TypeError, match="tf32 must be True or False"):
+        CudaBackend(dev, tf32="yes")
+
+
+def test_refuses_other_devices():
+    with pytest.raises(ValueError, match="cuda or cuda-emulator"):
+        CudaBackend(gb.device("cpu"))
+    assert "cuda or cuda-emulator" in CudaBackend.unavailable_reason(gb.device("cpu"))
