@@ -101,3 +101,28 @@ def test_refuses_other_devices():
     with pytest.raises(ValueError, match="cuda or cuda-emulator"):
         CudaBackend(gb.device("cpu"))
     assert "cuda or cuda-emulator" in CudaBackend.unavailable_reason(gb.device("cpu"))
+
+
+@pytest.mark.parametrize("backend", ["cuda", "fused"])
+@pytest.mark.parametrize("dtype,loss,momentum", [("float64", "sse", 0.9),
+                                                 ("float32", "cross_entropy", 0.0)])
+def test_trainer_fit_matches_the_numpy_backend(dev, backend, dtype, loss, momentum):
+    """gb.Trainer(...).fit on the device vs the numpy backend on the CPU, same seed:
+    the whole path (MLP, Trainer, the backend's fused train_epoch) for 2 epochs."""
+    sizes = [20, 17, 6]
+    out_act = "softmax" if loss == "cross_entropy" else "sigmoid"
+    _, X, Y = problem(sizes, 75, dtype, seed=11)
+    nets = [gb.MLP.from_sizes(sizes, activation="tanh", output_activation=out_act, dtype=dtype,
+                              seed=3, device=d, backend=b)
+            for d, b in ((dev, backend), ("cpu", "numpy"))]
+    be, calls = nets[0].backend, []
+    fast = be.train_epoch
+    be.train_epoch = lambda *args: calls.append(len(args[4])) or fast(*args)
+    hists = [gb.Trainer(net, loss=loss, optimizer=gb.SGD(lr=0.3, momentum=momentum,
+                                                         weight_decay=1e-3),
+                        batch_size=16, seed=5).fit(X, Y, epochs=2) for net in nets]
+    assert nets[0].backend.name == backend and calls == [75, 75]    # the fused path ran
+    for got, ref in zip(nets[0].params, nets[1].params):
+        for g, r in zip(got, ref):
+            assert rel_err(_host(g), np.asarray(r, dtype=np.float64)) <= TOL[dtype]
+    assert len(hists[0].records) == len(hists[1].records) == 2
