@@ -163,6 +163,9 @@ def build_parser():
     from .bench import add_parser as add_bench_parser
 
     add_bench_parser(sub)
+    from .distributed.launch import add_parser as add_launch_parser
+
+    add_launch_parser(sub)
     return p
 
 
