@@ -1,5 +1,6 @@
 """The `gpubackprop` command: train, gradcheck, explain, info (and bench)."""
 import argparse
+import os
 import platform
 import sys
 import time
@@ -17,9 +18,82 @@ def _sizes(text):
     return sizes
 
 
+def _resume_auto(text):
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"expected --resume or --resume auto; got {text!r}")
+    return "auto"
+
+
+def _default_output(loss):
+    """The output activation a loss needs: softmax for cross entropy, sigmoid
+    for the squared costs (targets in [0, 1]), whatever --activation is."""
+    return "softmax" if loss == "cross_entropy" else "sigmoid"
+
+
+def check_train_args(args):
+    """Every train flag checked before any data loads; ValueError/TypeError
+    naming the flag.  Fills args.output with its default."""
+    from . import backends, losses
+    from .activations import check_name
+    from .checks import choice, positive_int, real
+
+    positive_int("--epochs", args.epochs)
+    positive_int("--batch-size", args.batch_size)
+    real("--lr", args.lr, low=0.0, low_open=True)
+    real("--momentum", args.momentum, low=0.0, high=1.0, high_open=True)
+    real("--weight-decay", args.weight_decay, low=0.0)
+    positive_int("--seed", args.seed, minimum=0)
+    args.activation = check_name(args.activation, "--activation", allow_softmax=False)
+    args.loss = losses.get(args.loss).name
+    args.output = check_name(args.output or _default_output(args.loss), "--output")
+    try:
+        losses.get(args.loss).check_output(args.output)
+    except ValueError:
+        raise ValueError(f"--loss cross_entropy needs --output softmax (or identity); "
+                         f"got --output {args.output}") from None
+    choice("--backend", args.backend, backends.NAMES)
+    if args.checkpoint_every is not None:
+        positive_int("--checkpoint-every", args.checkpoint_every)
+        if args.checkpoint is None:
+            raise ValueError("--checkpoint-every needs --checkpoint PATH, the file to write")
+    if args.resume and args.checkpoint is None:
+        raise ValueError("--resume needs --checkpoint PATH, the checkpoint to resume from")
+    for flag, path in (("--checkpoint", args.checkpoint), ("--save", args.save)):
+        if path is not None:
+            folder = os.path.dirname(os.path.abspath(path))
+            if os.path.isdir(path) or not os.path.isdir(folder):
+                raise ValueError(f"{flag} {path}: " + ("is a folder; give a file path"
+                                 if os.path.isdir(path) else f"folder {folder} does not exist"))
+    if args.save is not None:      # proven writable now, not after every epoch has run
+        from .paths import check_writable
+
+        check_writable(args.save, "--save")
+
+
+def _already_done(args):
+    """With --resume and a checkpoint that reached --epochs: the message to
+    print instead of training (None if there is training to do)."""
+    from .checkpoint import read_progress
+
+    if not (args.resume and os.path.exists(args.checkpoint)):
+        return None
+    epoch, step = read_progress(args.checkpoint)
+    if step == 0 and epoch >= args.epochs:
+        return (f"{args.checkpoint}: already trained {epoch} epochs; nothing to do "
+                f"(--epochs {args.epochs}; ask for more epochs to continue)")
+    return None
+
+
 def cmd_train(args):
     import gpubackprop as gb
+    from gpubackprop.progress import epoch_line
 
+    check_train_args(args)
+    done = _already_done(args)
+    if done is not None:
+        print(done)
+        return 0
+    device = gb.device(args.device)
     split = gb.data.load(args.data, seed=args.seed, dtype=args.dtype)
     n_classes = int(max(split.y_train.max(), split.y_test.max())) + 1
     sizes = args.layers or [split.X_train.shape[1], 30, n_classes]
@@ -27,25 +101,28 @@ def cmd_train(args):
         raise ValueError(f"--layers must start with {split.X_train.shape[1]} "
                          f"inputs and end with {n_classes} outputs for {args.data}; got {sizes}")
     net = gb.MLP.from_sizes(sizes, activation=args.activation, output_activation=args.output,
-                            device=args.device, dtype=args.dtype, backend=args.backend,
+                            device=device, dtype=args.dtype, backend=args.backend,
                             seed=args.seed)
     opt = gb.SGD(lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     trainer = gb.Trainer(net, loss=args.loss, optimizer=opt, batch_size=args.batch_size,
                          seed=args.seed)
-    print(f"gpubackprop train: {args.data} ({len(split.X_train)} train, {len(split.X_test)} test), "
-          f"{sizes} {args.activation}, {args.loss}, SGD lr={args.lr} batch={args.batch_size}, "
-          f"device {net.device}, backend {net.backend.name}, {args.dtype}", flush=True)
+    hidden = f"hidden {args.activation}, " if len(sizes) > 2 else ""
+    extras = "".join(f" {name}={value:g}" for name, value in (
+        ("momentum", args.momentum), ("weight_decay", args.weight_decay)) if value)
+    print(f"gpubackprop train: {args.data} ({len(split.X_train)} train, "
+          f"{len(split.X_test)} test); {net.device}, {net.backend.name} backend, {args.dtype}")
+    print(f"layers {sizes} {hidden}output {args.output}; loss {args.loss}; "
+          f"lr={args.lr:g}{extras} batch={args.batch_size}", flush=True)
 
-    def report(r):
-        print(f"epoch {r['epoch']:3d}/{args.epochs}: loss {r['loss']:.4f}  "
-              f"train acc {r.get('accuracy', float('nan')):.4f}  "
-              f"test loss {r['val_loss']:.4f}  test acc {r.get('val_accuracy', float('nan')):.4f}  "
-              f"({r['time']:.2f}s)", flush=True)
+    def report(r):              # without the bar's lines (--no-progress): plain lines
+        print(epoch_line(r, args.epochs), flush=True)
 
+    quiet = args.progress is False
     t0 = time.perf_counter()
     trainer.fit(split.X_train, split.y_train, epochs=args.epochs,
                 validation=(split.X_test, split.y_test), checkpoint=args.checkpoint,
-                checkpoint_every=args.checkpoint_every, resume=args.resume, progress=args.progress, callback=report)
+                checkpoint_every=args.checkpoint_every, resume=args.resume,
+                progress=not quiet, callback=report if quiet else None)
     elapsed = time.perf_counter() - t0
     final = trainer.evaluate(split.X_test, split.y_test)
     print(f"test accuracy {final['accuracy']:.4f} ({final['accuracy'] * 100:.2f}%), "
@@ -91,14 +168,34 @@ def cmd_explain(args):
     return 0
 
 
+def _cuda_hint(reason):
+    """What to do about an unusable CUDA, by what is missing."""
+    if "CuPy could not be imported" in reason:
+        return "pip install 'gpubackprop[cuda12]' (or [cuda13]) for CuPy"
+    if "no CUDA device" in reason:
+        return ("no NVIDIA GPU here: the CPU backends run, and the cuda-emulator device "
+                "runs the CUDA C kernels on the CPU")
+    return "install or update the NVIDIA driver (nvidia-smi should list the GPU)"
+
+
+def _devices_by_kind():
+    """One Device per device kind in the backend registry (cuda:0 for cuda)."""
+    from gpubackprop import backends
+    from gpubackprop.device import Device
+
+    kinds = sorted({kind for _, kind in backends.REGISTRY})      # cpu, cuda, cuda-emulator
+    return [Device(kind, 0 if kind == "cuda" else None) for kind in kinds]
+
+
 def cmd_info(args):
     import gpubackprop as gb
     from gpubackprop import backends
-    from gpubackprop.device import Device, cuda_status
+    from gpubackprop.device import INSTALL_HINT, cuda_status
 
     print(f"gpubackprop {gb.__version__}")
     print(f"python {platform.python_version()} ({platform.machine()}, {platform.system()})")
-    for module in ("numpy", "numba", "cupy", "numba_cuda", "torch", "sklearn"):
+    for module in ("numpy", "numba", "scipy", "safetensors", "tqdm", "cupy", "numba_cuda",
+                   "torch", "sklearn"):
         try:
             version = __import__(module).__version__
         except Exception as exc:  # absent or broken
@@ -107,12 +204,20 @@ def cmd_info(args):
     n, reason = cuda_status()
     print(f"devices: {', '.join(gb.available_devices())}")
     if not n:
-        print(f"  cuda: {reason}")
-    for dev in [Device("cpu")] + [Device("cuda", i) for i in range(n)]:
+        print(f"  cuda: {reason.replace('; ' + INSTALL_HINT, '')}")
+        print(f"    hint: {_cuda_hint(reason)}")
+    print("backends:")
+    for dev in _devices_by_kind():
+        where = "cuda" if dev.kind == "cuda" else str(dev)
         for name, why in backends.available(dev).items():
-            print(f"  backend {name:<6} on {dev}: {'available' if why is None else why}")
-        auto = backends.create("auto", dev).name
-        print(f"  backend auto   on {dev}: {auto}")
+            if why is not None and reason and reason in why:
+                why = "unavailable: CUDA is not usable (see cuda above)"
+            print(f"  {name:<6} on {where:<14} {'available' if why is None else why}")
+        try:
+            auto = backends.create("auto", dev).name
+        except (RuntimeError, ValueError):
+            auto = "none usable"
+        print(f"  {'auto':<6} on {where:<14} -> {auto}")
     return 0
 
 
@@ -125,8 +230,12 @@ def build_parser():
     t = sub.add_parser("train", help="train an MLP (default: bundled digits, [64, 30, 10] sigmoid)")
     t.add_argument("--data", default="digits", help="digits | mnist:DIR | fashion:DIR")
     t.add_argument("--layers", type=_sizes, help="layer sizes, e.g. 784,30,10")
-    t.add_argument("--activation", default="sigmoid")
-    t.add_argument("--output", default=None, help="output activation (default: --activation)")
+    t.add_argument("--activation", default="sigmoid",
+                   help="hidden layers' activation: sigmoid | tanh | relu | leaky_relu | "
+                        "softplus | identity")
+    t.add_argument("--output", default=None,
+                   help="output layer's activation (default: softmax for cross_entropy, "
+                        "sigmoid otherwise)")
     t.add_argument("--loss", default="sse", help="sse | mse | cross_entropy")
     t.add_argument("--lr", type=float, default=3.0)
     t.add_argument("--momentum", type=float, default=0.0)
@@ -139,10 +248,13 @@ def build_parser():
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint", help="write a checkpoint here after every epoch")
     t.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
-    t.add_argument("--resume", action="store_true", help="continue from --checkpoint")
-    t.add_argument("--save", help="save the trained network (.npz)")
+    t.add_argument("--resume", nargs="?", const=True, default=False, type=_resume_auto,
+                   help="continue from --checkpoint (it must exist); --resume auto: "
+                        "continue if it exists, else start a new run")
+    t.add_argument("--save", help="save the trained network (.safetensors)")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar (default: when stderr is a terminal)")
+                   help="a progress bar on stderr when it is a terminal (default); "
+                        "--no-progress: epoch lines only")
     t.set_defaults(func=cmd_train)
 
     g = sub.add_parser("gradcheck", help="backprop against finite differences")
@@ -172,8 +284,14 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except (ValueError, TypeError, RuntimeError, FileNotFoundError) as exc:
+        code = args.func(args)
+        sys.stdout.flush()          # here, so a closed pipe is caught below
+        return code
+    except BrokenPipeError:         # gpubackprop info | head -2: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())   # the exit's own flush goes nowhere
+        return 1
+    except (ValueError, TypeError, RuntimeError, OSError) as exc:
         print(f"gpubackprop {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,50 +1,118 @@
-"""A one-line progress bar on stderr, shown only when stderr is a terminal."""
+"""Training progress: one tqdm bar on stderr, epoch lines above it.
+
+    progress=None   a bar (with epoch lines above it) when stderr is a
+                    terminal; nothing otherwise
+    progress=True   the same, and plain epoch lines when stderr is not a
+                    terminal (a log file, a pipe, a notebook cell's capture)
+    progress=False  nothing
+
+Lines go through `write` (tqdm.write underneath), which lifts the bar, prints
+the line on stdout and puts the bar back below it, so a line never glues to
+the bar.  The bar takes the terminal's width at every redraw.  `notice(text)`
+is for one-line messages from anywhere during training (say, a backend about
+to compile): the line goes above the bar and the bar says it until the next
+step, so a long first compile never looks like a frozen 0%.
+"""
 import sys
-import time
+
+from tqdm.std import tqdm
+
+_active = []          # the bars now on screen (at most one in practice)
+
+
+def write(line, file=None):
+    """Print `line` on `file` (stdout) above any progress bar."""
+    file = sys.stdout if file is None else file
+    with tqdm.external_write_mode(file=file):
+        file.write(line + "\n")
+        file.flush()
+
+
+def notice(text):
+    """A one-line message on stderr, above the bar; the bar shows it too."""
+    write(text, file=sys.stderr)
+    for bar in _active:
+        bar.status(text)
+
+
+def epoch_line(record, epochs=None):
+    """'epoch   3/30: loss 0.0812 acc 0.9421 | test loss 0.0917 acc 0.9532 | 0.41s'
+    (under 80 columns)."""
+    line = f"epoch {record['epoch']:3d}" + (f"/{epochs}" if epochs else "")
+    line += f": loss {record['loss']:.4f}"
+    if record.get("accuracy") is not None:
+        line += f" acc {record['accuracy']:.4f}"
+    if record.get("val_loss") is not None:
+        line += f" | test loss {record['val_loss']:.4f}"
+        if record.get("val_accuracy") is not None:
+            line += f" acc {record['val_accuracy']:.4f}"
+    return line + f" | {record['time']:.2f}s"
+
+
+def _isatty(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):   # no isatty, or a closed stream
+        return False
 
 
 class ProgressBar:
-    WIDTH = 30
+    """ProgressBar(total_steps, enabled, epochs=...): update(done) after each
+    run of steps, epoch_done(record) after each epoch, close() at the end."""
 
-    def __init__(self, total, enabled=None, stream=None):
-        self.stream = stream or sys.stderr
-        if enabled is None:
-            enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.enabled = bool(enabled)
-        self.total = max(int(total), 1)
-        self.done = 0
-        self.last = {}
-        self.t0 = time.perf_counter()
-        self._drawn = 0.0
+    def __init__(self, total, enabled=None, stream=None, epochs=None):
+        self.stream = sys.stderr if stream is None else stream
+        self.epochs = epochs
+        self.show_bar = enabled is not False and _isatty(self.stream)
+        self.lines = enabled is True or self.show_bar
+        self.bar = None
+        self._metrics = ""            # the last epoch's numbers, shown in the bar
+        self._status = None           # a notice shown until the next update
+        if self.show_bar:
+            self.bar = tqdm(total=max(int(total), 1), file=self.stream, dynamic_ncols=True,
+                            mininterval=0.1, leave=True,
+                            bar_format="{desc} {percentage:3.0f}%|{bar}| "
+                                       "{elapsed}<{remaining}{postfix}")
+            if epochs:
+                self.bar.set_description_str(f"epoch 1/{epochs}", refresh=False)
+            self.status("starting")
+            _active.append(self)
 
     def chunk_steps(self, steps_per_epoch):
-        """How many steps to run between redraws (all of them when hidden)."""
-        return max(1, steps_per_epoch // 20) if self.enabled else steps_per_epoch
+        """How many steps to run between redraws (all of them without a bar)."""
+        return max(1, steps_per_epoch // 20) if self.show_bar else steps_per_epoch
+
+    def status(self, text):
+        """Text in the bar until the next update (e.g. 'compiling ...')."""
+        if self.bar is not None:
+            self._status = text
+            self.bar.set_postfix_str(text, refresh=True)
 
     def update(self, done):
-        self.done = done
-        now = time.perf_counter()
-        if self.enabled and (now - self._drawn > 0.1 or done >= self.total):
-            self._drawn = now
-            self._draw()
+        """`done` steps of the whole run are finished."""
+        if self.bar is not None:
+            if self._status is not None:
+                self._status = None
+                self.bar.set_postfix_str(self._metrics, refresh=False)
+            if self.epochs:                       # the epoch under way
+                per_epoch = self.bar.total // self.epochs
+                current = min(done // max(per_epoch, 1) + 1, self.epochs)
+                self.bar.set_description_str(f"epoch {current}/{self.epochs}", refresh=False)
+            self.bar.update(done - self.bar.n)
 
     def epoch_done(self, record):
-        self.last = record
-        if self.enabled:
-            self._draw()
-
-    def _draw(self):
-        frac = min(self.done / self.total, 1.0)
-        fill = int(frac * self.WIDTH)
-        bar = "#" * fill + "." * (self.WIDTH - fill)
-        info = " ".join(f"{k}={v:.4g}" for k, v in self.last.items()
-                        if k in ("loss", "accuracy", "val_loss", "val_accuracy"))
-        elapsed = time.perf_counter() - self.t0
-        self.stream.write(f"\r[{bar}] {100 * frac:5.1f}% {elapsed:6.1f}s {info}\x1b[K")
-        self.stream.flush()
+        if self.bar is not None:
+            shown = {"loss": ("loss", 4), "accuracy": ("acc", 3), "val_accuracy": ("val", 3)}
+            self._metrics = " ".join(f"{short}={record[k]:.{digits}f}"
+                                     for k, (short, digits) in shown.items()
+                                     if record.get(k) is not None)
+            self.bar.set_postfix_str(self._metrics, refresh=False)
+        if self.lines:
+            write(epoch_line(record, self.epochs))
 
     def close(self):
-        if self.enabled:
-            self._draw()
-            self.stream.write("\n")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()
+            _active.remove(self)
+            self.bar = None
+
