@@ -6,9 +6,11 @@ writes OUT_DIR/rank<r>.npz: the parameters after every epoch, the history,
 the rows each step's shard took.  With "reference": true, rank 0 also
 writes OUT_DIR/reference.npz: the same run computed in this one process
 with the ranks' shards added in rank order (the bitwise oracle), and a
-one-rank Trainer run with the same global batch.  Fault injection: "kill"
-(rank 1 SIGKILLs itself after that epoch), "batch_size_rank1" (rank 1 asks
-for another batch size), "perturb" (rank 1 nudges a weight after that epoch).
+one-rank Trainer run with the same global batch (unless "single": false).
+Fault injection: "kill" (rank 1 SIGKILLs itself after that epoch),
+"batch_size_rank1" (rank 1 asks for another batch size), "perturb" (rank 1
+nudges a weight after that epoch), "extra_collective" (rank 1 calls one
+collective more than rank 0).
 """
 import json
 import os
@@ -111,6 +113,8 @@ def main():
         if rank == 1 and cfg.get("perturb") == e:
             net.params[0][0][0, 0] += 1e-3
 
+    if rank == 1 and cfg.get("extra_collective"):     # out of step with rank 0
+        comm.allreduce(np.zeros(3))
     trainer.fit(X, y, epochs=cfg["epochs"], callback=callback,
                 checkpoint=cfg.get("checkpoint"), resume=cfg.get("resume", False))
     used = np.concatenate(shards) if shards else np.empty(0, dtype=np.int64)
@@ -119,7 +123,7 @@ def main():
              size=comm.size, backend=comm.backend)
     if rank == 0 and cfg.get("reference"):
         ref = reference(cfg, comm.size)
-        single, single_loss = one_rank(cfg)
+        single, single_loss = one_rank(cfg) if cfg.get("single", True) else ([], [])
         np.savez(os.path.join(outdir, "reference.npz"),
                  ref=np.array(ref), single=np.array(single),
                  single_loss=np.array(single_loss))
