@@ -191,6 +191,9 @@ def test_gpu_mode_code_path_on_the_cpu():
     assert {"gpubackprop", "floor"} <= impls and not impls & {"jax", "sklearn"}
     graphs = [s for s in result["skipped"] if s["impl"] == "torch-graphs"]
     assert len(graphs) == 1 and graphs[0]["regimes"] == ["small", "narrow"]
+    wide = bench.PROFILES["quick"].regime("wide")     # a GPU runs more steps per run
+    assert wide.on("cpu") is wide and wide.on("cuda:0").steps == wide.gpu_steps > wide.steps
+    assert wide.on("cuda:0").shape == wide.shape
 
 
 def test_absent_peers_skip_with_their_reason(monkeypatch, tiny_run):

@@ -11,8 +11,10 @@ The four regimes, at their shapes in the quick and full profiles:
 
 One timed run is one epoch of `steps` mini-batch SGD steps over
 batch x steps synthetic examples.  The profiles differ in the number of
-steps (the full profile: Nielsen's 50,000 examples, medium's 60,000);
-`tiny` shrinks the shapes too and only checks that every code path runs.
+steps (the full profile: Nielsen's 50,000 examples, medium's 60,000), and a
+GPU runs more steps per run where the CPU's count would take milliseconds
+(rows record their steps and samples; ratios use samples/s); `tiny` shrinks
+the shapes too and only checks that every code path runs.
 """
 import dataclasses
 
@@ -31,6 +33,14 @@ class Regime:
     batch: int
     steps: int               # SGD steps per timed run (one epoch)
     title: str = ""
+    gpu_steps: int = 0       # steps per run on a GPU (0: the same); a GPU runs an epoch
+                             # in milliseconds, too short to time well
+
+    def on(self, device):
+        """This regime as run on `device` ("cpu", "cuda:N")."""
+        if device == "cpu" or not self.gpu_steps:
+            return self
+        return dataclasses.replace(self, steps=self.gpu_steps)
 
     @property
     def samples(self):
@@ -62,16 +72,16 @@ class Regime:
         return d
 
 
-def nielsen(sizes, steps):
+def nielsen(sizes, steps, gpu_steps=0):
     """Nielsen's recipe: sigmoid everywhere, quadratic cost, batch 10, lr 3.0."""
     return Regime("small", tuple(sizes), "sigmoid", "sigmoid", "sse", 3.0, 10, steps,
-                  "Nielsen's network.py")
+                  "Nielsen's network.py", gpu_steps)
 
 
-def relu(name, sizes, batch, steps, title):
+def relu(name, sizes, batch, steps, title, gpu_steps=0):
     """ReLU hidden layers, identity logits, softmax cross entropy, lr 0.01."""
     return Regime(name, tuple(sizes), "relu", "identity", "cross_entropy", 0.01, batch, steps,
-                  title)
+                  title, gpu_steps)
 
 
 NIELSEN = (784, 30, 10)
@@ -87,9 +97,11 @@ class Sweep:
     sizes: tuple
     batches: tuple
     samples: int             # per run, at every batch size
+    gpu_samples: int = 0     # per run on a GPU (0: the same)
 
     def regimes(self):
-        return [relu("sweep", self.sizes, b, max(1, self.samples // b), "batch sweep")
+        return [relu("sweep", self.sizes, b, max(1, self.samples // b), "batch sweep",
+                     max(1, self.gpu_samples // b) if self.gpu_samples else 0)
                 for b in self.batches]
 
 
@@ -128,11 +140,11 @@ PROFILES = {
               "nothing and no target is checked"),
     "quick": Profile(
         "quick",
-        (nielsen(NIELSEN, 1000),
-         relu("medium", MEDIUM, 128, 40, "medium"),
-         relu("narrow", NARROW, 65536, 2, "narrow-deep"),
-         relu("wide", WIDE, 4096, 1, "wide")),
-        Sweep(MEDIUM, (16, 64, 256, 1024, 4096), 4096),
+        (nielsen(NIELSEN, 1000, gpu_steps=2000),
+         relu("medium", MEDIUM, 128, 40, "medium", gpu_steps=468),
+         relu("narrow", NARROW, 65536, 2, "narrow-deep", gpu_steps=16),
+         relu("wide", WIDE, 4096, 1, "wide", gpu_steps=16)),
+        Sweep(MEDIUM, (16, 64, 256, 1024, 4096), 4096, gpu_samples=16384),
         repeats=3, warmup=1, all_backends=False, peers=_DEFAULT_PEERS,
         ops_batches=(16, 256, 4096), ops_widths=(64, 512),
         about="the four regimes at their shapes, fewer samples per run (a few minutes on "
@@ -141,9 +153,9 @@ PROFILES = {
         "full",
         (nielsen(NIELSEN, 5000),
          relu("medium", MEDIUM, 128, 468, "medium"),
-         relu("narrow", NARROW, 65536, 8, "narrow-deep"),
-         relu("wide", WIDE, 4096, 2, "wide")),
-        Sweep(MEDIUM, tuple(2 ** k for k in range(4, 15)), 16384),
+         relu("narrow", NARROW, 65536, 8, "narrow-deep", gpu_steps=32),
+         relu("wide", WIDE, 4096, 2, "wide", gpu_steps=32)),
+        Sweep(MEDIUM, tuple(2 ** k for k in range(4, 15)), 16384, gpu_samples=65536),
         repeats=5, warmup=1, all_backends=True, peers=PEERS,
         ops_batches=(16, 256, 4096, 65536), ops_widths=(64, 1024, 4096),
         about="the four regimes at full size (Nielsen's 50,000 examples, medium's 60,000), "

@@ -1,7 +1,7 @@
 """The plot: training throughput against batch size, one line per
 implementation and device (ours and every peer of the sweep), the CPU/GPU
 crossover marked when both ran, the machine, date and commit in the title."""
-from .report import si
+from .report import si, sweep_on_gpu
 
 _STYLE = {"cpu": ("-", "o")}          # device -> (line style, marker); GPUs: dashed squares
 _GPU_STYLE = ("--", "s")
@@ -33,8 +33,10 @@ def _title(result):
     gpus = ", ".join(g.get("name", "?") for g in m.get("gpus", []))
     where = (m.get("cpu") or "CPU") + (f" + {gpus}" if gpus else "")
     cfg = result["sweep_config"]
-    first = (f"SGD on {cfg['sizes']} ReLU, cross entropy, float32, "
-             f"{cfg['samples_per_run']} samples per run")
+    samples = f"{cfg['samples_per_run']} samples per run"
+    if sweep_on_gpu(result):
+        samples += f" ({cfg['samples_per_run_gpu']} on the GPU)"
+    first = f"SGD on {cfg['sizes']} ReLU, cross entropy, float32, {samples}"
     return f"{first}\n{where}, {result['date'][:10]}, commit {result['commit']}"
 
 

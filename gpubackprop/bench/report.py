@@ -76,16 +76,28 @@ def _header(result):
     return lines + [f"warning: {w}" for w in result.get("warnings", [])]
 
 
-def _regime_title(reg):
+def _regime_title(reg, on_gpu):
+    steps = f"{reg['steps']} steps ({reg['samples_per_run']} samples) per run"
+    if on_gpu and reg.get("gpu_steps"):
+        steps += f" ({reg['gpu_steps']} on the GPU)"
     return (f"{reg['name']} ({reg['title']}): {reg['sizes']} {reg['activation']} -> "
-            f"{reg['output']}, {reg['loss']}, batch {reg['batch']}, {reg['steps']} steps "
-            f"({reg['samples_per_run']} samples) per run")
+            f"{reg['output']}, {reg['loss']}, batch {reg['batch']}, {steps}")
+
+
+def sweep_on_gpu(result):
+    """True when the sweep ran on a GPU with its own number of samples per run."""
+    cfg = result["sweep_config"]
+    return (any(d != "cpu" for d in result["devices"])
+            and cfg["samples_per_run_gpu"] != cfg["samples_per_run"])
 
 
 def _sweep_lines(result, table, heading):
     cfg = result["sweep_config"]
+    samples = f"{cfg['samples_per_run']} samples per run"
+    if sweep_on_gpu(result):
+        samples += f" ({cfg['samples_per_run_gpu']} on a GPU)"
     out = [heading + f"batch sweep: {cfg['sizes']} relu -> identity, cross_entropy, "
-           f"{cfg['samples_per_run']} samples per run (samples/s, median)", ""]
+           f"{samples} (samples/s, median)", ""]
     keys = sorted({(r["device"], r["label"]) for r in result["sweep"]},
                   key=lambda k: (k[0] != "cpu", k[0], not k[1].startswith("gpubackprop"), k[1]))
     cells = []
@@ -131,13 +143,15 @@ def format_table(result, markdown=False):
         rows = [r for r in result["results"] if r["regime"] == reg["name"]]
         if not rows:
             continue
-        out += [heading + _regime_title(reg), ""]
+        on_gpu = any(r["device"] != "cpu" for r in rows)
+        out += [heading + _regime_title(reg, on_gpu), ""]
         out += table(COLUMNS, [_row_cells(r) for r in rows])
         ours = {r["device"]: r for r in rows if r["role"] == "ours"}
         gpus = [d for d in ours if d != "cpu"]
         if "cpu" in ours and gpus:
-            out.append(f"gpubackprop on {gpus[0]} / on the CPU: "
-                       f"{ours['cpu']['time_s'] / ours[gpus[0]]['time_s']:.2f}x")
+            rate = {d: ours[d]["samples_per_s"]["median"] for d in ("cpu", gpus[0])}
+            out.append(f"gpubackprop on {gpus[0]} / on the CPU, samples/s: "
+                       f"{rate[gpus[0]] / rate['cpu']:.2f}x")
         out.append("")
     if result["sweep"]:
         out += _sweep_lines(result, table, heading)

@@ -111,17 +111,19 @@ def run_bench(profile="quick", device="auto", regimes=None, peers=None, repeats=
     if busy:
         result["warnings"].append(busy)
         say(f"warning: {busy}")
-    say(f"profile {profile} ({cfg.about}); devices {', '.join(devices)}; {reps} timed runs "
+    say(f"profile {profile}: {cfg.about}")
+    say(f"devices {', '.join(devices)}; {reps} timed runs "
         f"after {cfg.warmup} warm-up")
     update = on_update or (lambda r: None)
     for regime in chosen:
-        data, params = make_data(regime), initial_params(regime)
+        params = initial_params(regime)
         for dev in devices:
-            say(f"{dev:<7} {regime.name:<7} {regime.describe()}")
-            cases, skipped = make_cases(dev, regime, data, params, peers, cfg.all_backends,
-                                        trainer_options)
+            here = regime.on(dev)
+            say(f"{dev:<7} {regime.name:<7} {here.describe()}")
+            cases, skipped = make_cases(dev, here, make_data(here), params, peers,
+                                        cfg.all_backends, trainer_options)
             times, failed = time_cases(cases, reps, cfg.warmup, say)
-            result["results"] += rows(regime, times)
+            result["results"] += rows(here, times)
             _note_skips(result, regime.name, dev, skipped + failed)
             del cases, times
         _finish(result, profile, chosen)
@@ -140,15 +142,17 @@ def _sweep(result, cfg, devices, peers, reps, trainer_options, say):
     result["sweep_config"] = {
         "sizes": list(cfg.sweep.sizes), "activation": "relu", "output": "identity",
         "loss": "cross_entropy", "batches": list(cfg.sweep.batches),
-        "samples_per_run": cfg.sweep.samples, "repeats": reps,
+        "samples_per_run": cfg.sweep.samples,
+        "samples_per_run_gpu": cfg.sweep.gpu_samples or cfg.sweep.samples, "repeats": reps,
         "left_out": {p: why for p, why in SWEEP_LEAVES_OUT.items() if p in peers}}
     for regime in cfg.sweep.regimes():
-        data, params = make_data(regime), initial_params(regime)
+        params = initial_params(regime)
         for dev in devices:
-            cases, skipped = make_cases(dev, regime, data, params, sweep_peers, False,
-                                        trainer_options)
+            here = regime.on(dev)
+            cases, skipped = make_cases(dev, here, make_data(here), params, sweep_peers,
+                                        False, trainer_options)
             times, failed = time_cases(cases, reps, cfg.warmup)
-            new = rows(regime, times)
+            new = rows(here, times)
             for r in new:
                 say(f"{dev:<7} sweep   batch {regime.batch:<6} {r['label']:<34} "
                     f"{r['samples_per_s']['median']:>12,.0f} samples/s")
@@ -171,6 +175,7 @@ def _note_skips(result, regime, device, skipped):
 
 def _finish(result, profile, chosen):
     result["loadavg_at_end"] = _machine.loadavg()
+    result["machine"] = _machine.machine(result["devices"])     # now with the peers' threads
     result["targets"] = targets(result, profile, chosen)
 
 
