@@ -1,39 +1,48 @@
 """Every .cu build compiles with NVRTC, the compiler CuPy's RawModule uses at
 run time, here without a GPU (nvcc compiles them too: test_kernels_compile.py).
 
-Each build is compiled with the launcher's own -D options for compute_80 and
-compute_90, plus the CUDA toolkit's include folder, which CuPy also passes
-(dense_forward_tf32.cu includes <mma.h>).  Needs NVRTC's library (the
-nvidia-cuda-nvrtc wheel of the test extra) and its Python binding
-(cuda-bindings, which numba-cuda brings).
+Each build of `kernels.builds()` is compiled from `kernels.source(name)` with
+its launcher's own -D options for compute_90 (all in one session-scoped
+pass).  dense_forward_tf32.cu includes <mma.h>: it gets `-I` for a CUDA
+include folder that really has crt/mma.h (the device layer's
+`cuda_include_path` when there is one, else the toolkit's), as the backend
+passes it; without one it skips.  Needs NVRTC's library (the
+nvidia-cuda-nvrtc wheel) and its Python binding (cuda-bindings).
 """
 import os
 import shutil
 
 import pytest
 
-import gpubackprop.kernels as K
-from gpubackprop.backends import fused_backend
+from gpubackprop.backends.gpu_common import kernels_package
 
 nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-bindings is not installed")
+K = kernels_package()
+BUILDS = K.builds()
 
 
-def _cuda_include():
+def _include():
+    """A CUDA include folder with crt/mma.h, or None."""
+    from gpubackprop import device
+
+    found = getattr(device, "cuda_include_path", lambda: None)()
+    if found:
+        return found
     nvcc = shutil.which("nvcc")
     roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda",
              os.path.dirname(os.path.dirname(os.path.realpath(nvcc))) if nvcc else None]
     for root in filter(None, roots):
-        if os.path.exists(os.path.join(root, "include", "mma.h")):
+        if os.path.exists(os.path.join(root, "include", "crt", "mma.h")):
             return os.path.join(root, "include")
     return None
 
 
 def _compile(source, name, options):
-    """(ok, log) from NVRTC."""
+    """(ok, log) from NVRTC, or None when NVRTC's library is missing."""
     try:
         err, prog = nvrtc.nvrtcCreateProgram(source.encode(), name.encode(), 0, [], [])
-    except RuntimeError as exc:   # the library itself is missing
-        pytest.skip(f"NVRTC's library is not installed ({exc})")
+    except RuntimeError:
+        return None
     (err,) = nvrtc.nvrtcCompileProgram(prog, len(options), [o.encode() for o in options])
     _, size = nvrtc.nvrtcGetProgramLogSize(prog)
     log = b" " * size
@@ -42,19 +51,32 @@ def _compile(source, name, options):
     return err == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace")
 
 
-BUILDS = [(name, dtype, K.options(name, dtype)) for name, dtype, _ in K.builds()] + [
-    ("fused_mlp.cu", dtype, fused_backend.options(dtype, atomic))
-    for dtype in fused_backend.DTYPES for atomic in (False, True)]
+def _id(name, dtype, defines):
+    return f"{name[:-3]}-{dtype}{'-atomic' if 'FUSED_ATOMIC' in defines else ''}"
 
 
-@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
-@pytest.mark.parametrize("name,dtype,options", BUILDS,
-                         ids=[f"{n}-{d}-{'atomic' if 'FUSED_ATOMIC' in str(o) else 'det'}"
-                              for n, d, o in BUILDS])
-def test_kernel_compiles_with_nvrtc(name, dtype, options, arch):
-    include = _cuda_include()
-    if include is None and "tf32" in name:
-        pytest.skip("no CUDA toolkit headers for <mma.h>")
-    opts = [*options, f"--gpu-architecture={arch}"] + ([f"-I{include}"] if include else [])
-    ok, log = _compile(K.source(name), name, opts)
+@pytest.fixture(scope="session")
+def compiled():
+    """{build id: (ok, log)} for compute_90 (None: skipped, with the reason)."""
+    include = _include()
+    out = {}
+    for name, dtype, defines in BUILDS:
+        if "tf32" in name and include is None:
+            out[_id(name, dtype, defines)] = None
+            continue
+        opts = [f"-D{k}={v}" for k, v in sorted(defines.items())]
+        opts += ["--gpu-architecture=compute_90"] + ([f"-I{include}"] if include else [])
+        result = _compile(K.source(name), name, opts)
+        if result is None:
+            pytest.skip("NVRTC's library is not installed")
+        out[_id(name, dtype, defines)] = result
+    return out
+
+
+@pytest.mark.parametrize("build", BUILDS, ids=[_id(*b) for b in BUILDS])
+def test_kernel_compiles_with_nvrtc(compiled, build):
+    result = compiled[_id(*build)]
+    if result is None:
+        pytest.skip("no CUDA include folder with crt/mma.h for <mma.h>")
+    ok, log = result
     assert ok, log
