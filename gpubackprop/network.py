@@ -4,7 +4,7 @@ import numpy as np
 
 from . import backends, inputs, losses
 from .checks import dtype_name, positive_int
-from .device import device as get_device, to_host
+from .device import all_finite, device as get_device, to_host
 from .layers import Dense
 
 
@@ -31,9 +31,11 @@ class MLP:
         for layer in self.layers:
             if layer.W is None:
                 layer._materialize(self.device, self.dtype, rng)
-            else:  # a layer reused from another network: bring it here
+            else:  # a layer of a network that is gone: bring it here
                 layer.W, layer.b = (t.to(self.device) for t in (layer.W, layer.b))
         self.backend.check_network(self.sizes, self.activations, self.dtype)
+        for layer in self.layers:      # a Dense belongs to one network (see Dense)
+            layer._adopt(self)
 
     @classmethod
     def from_sizes(cls, sizes, activation="sigmoid", output_activation=None, **kwargs):
@@ -135,11 +137,18 @@ class MLP:
         metadata), atomically; gb.load(path) reads it back."""
         from .io import save_network
 
+        for i, layer in enumerate(self.layers):     # what save writes, load must read
+            for name, value in zip("Wb", layer.params):
+                if not all_finite(value):
+                    raise ValueError(f"cannot save the network to {path!r}: {name} of "
+                                     f"layers[{i}] contains NaN or infinite values, and "
+                                     "gb.load refuses such a file; restore finite "
+                                     "parameters first (set_params, or a checkpoint)")
         save_network(self, path)
 
     def to_torch(self):
         """A torch.nn.Sequential of Linear and activation modules with this
-        network's weights (PyTorch needed)."""
+        network's weights (PyTorch needed; copy=False shares them: interop.py)."""
         from .interop import to_torch
 
         return to_torch(self)
@@ -147,7 +156,7 @@ class MLP:
     @classmethod
     def from_torch(cls, module, device="cpu", backend="auto"):
         """The MLP of a torch.nn.Sequential of Linear and supported activation
-        modules (ValueError naming the first other module)."""
+        modules (ValueError naming the first other module; interop.py)."""
         from .interop import from_torch
 
         return from_torch(module, device=device, backend=backend)
@@ -180,6 +189,11 @@ def _check_layers(layers):
     for i, layer in enumerate(layers):
         if not isinstance(layer, Dense):
             raise TypeError(f"layers[{i}] must be a gpubackprop.Dense; got {type(layer).__name__}")
+        first = next(j for j, other in enumerate(layers) if other is layer)
+        if first != i:
+            raise ValueError(f"layers[{first}] and layers[{i}] are the same Dense object; "
+                             "each layer needs its own W and b (use layer.copy())")
+        layer._check_free(i)
     for i, (prev, layer) in enumerate(zip(layers, layers[1:]), start=1):
         if prev.n_out != layer.n_in:
             raise ValueError(f"layer sizes do not chain: layers[{i - 1}] has {prev.n_out} "

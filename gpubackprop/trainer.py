@@ -8,9 +8,12 @@ fused fast path (`backend.fuses(hyper)`) runs a whole run of steps in
 `train_epoch` instead, with the same numbers.  The data set is moved to the
 network's device once; the host reads back a few numbers per epoch.
 """
+import contextlib
 import math
 import os
+import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -58,6 +61,15 @@ class Trainer:
         self.history = History()
         #: the optimizer's state (optim.SGDState), made on the first fit
         self.state = None
+
+    @property
+    def batch_size(self):
+        """Examples per SGD step; checked where it is set (and again at fit)."""
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value):
+        self._batch_size = positive_int("batch_size", value)
 
     # -- data ---------------------------------------------------------------
     def _data(self, X, Y, name):
@@ -121,9 +133,12 @@ class Trainer:
             checkpoint_every = positive_int("checkpoint_every", checkpoint_every)
             if checkpoint is None:
                 raise ValueError("checkpoint_every needs checkpoint=PATH, the file to write")
-        resume = boolean("resume", resume)
+        if not (isinstance(resume, str) and resume == "auto"):
+            if not isinstance(resume, (bool, np.bool_)):
+                raise TypeError(f"resume must be True, False or 'auto'; got {resume!r}")
+            resume = bool(resume)
         if resume and checkpoint is None:
-            raise ValueError("resume=True needs the checkpoint path to resume from")
+            raise ValueError(f"resume={resume!r} needs the checkpoint path to resume from")
         progress = boolean("progress", progress, allow_none=True)
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable; got {type(callback).__name__}")
@@ -137,14 +152,18 @@ class Trainer:
         if net.device.kind == "cuda":
             self._check_memory(X, validation)
         try:
-            return self._fit(X, Y, epochs, validation, ckpt, checkpoint_every, resume,
-                             progress, callback)
+            with _exclusive(net):        # one fit at a time on a network (RuntimeError)
+                return self._fit(X, Y, epochs, validation, ckpt, checkpoint_every, resume,
+                                 progress, callback)
         except oom as exc:
             n = _rows(X)
             raise memory.out_of_memory_error(
                 exc, net, min(self.batch_size, n or 1), n or 1,
                 _rows(validation[0]) if validation is not None else 0,
                 momentum=self.optimizer.momentum > 0) from exc
+        finally:
+            if ckpt is not None:
+                ckpt.release()           # the checkpoint's lock, if this fit took it
 
     def _check_memory(self, X, validation):
         """Before moving data to a CUDA device: does the run fit?"""
@@ -182,7 +201,7 @@ class Trainer:
             self.state = self.optimizer.init_state(net.params)
         if ckpt is not None:       # only rank 0 touches the file; the others follow it
             ckpt.n_samples = n
-            comm.on_root(ckpt.remove_stale_temps)
+            comm.on_root(ckpt.claim, resume)   # lock it, prove it writable, stale temps
             if resume and comm.on_root(ckpt.exists):
                 start_epoch, start_step, partial = comm.on_root(ckpt.restore)
         if comm.communicates:      # rank 0's parameters, momentum, shuffle and history
@@ -363,6 +382,36 @@ def _global_sums(comm, xp, step_costs, n_correct):
 
 
 def _rows(X):
+_BUSY = weakref.WeakKeyDictionary()      # network or backend -> the thread training it
+_BUSY_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _exclusive(net):
+    """Hold `net` (and its backend, whose step workspace a fit writes) for one
+    fit.  A second fit on the same network, from another thread or Trainer
+    (or a callback), raises RuntimeError at once instead of interleaving
+    steps on the same parameters and buffers."""
+    me = threading.current_thread().name
+    with _BUSY_LOCK:
+        for obj, what in ((net, "network"), (net.backend, "backend (and step workspace)")):
+            if obj in _BUSY:
+                raise RuntimeError(
+                    f"the {what} of {net!r} is already being trained by another fit (in "
+                    f"thread {_BUSY[obj]!r}); one network is trained by one fit at a time: "
+                    "wait for it to return, or train a copy (gb.MLP([l.copy() for l in "
+                    "net.layers]))")
+        held = (net, net.backend)
+        for obj in held:
+            _BUSY[obj] = me
+    try:
+        yield
+    finally:
+        with _BUSY_LOCK:
+            for obj in held:
+                _BUSY.pop(obj, None)
+
+
     """The number of rows of an array-like, or None if it has none."""
     X = unwrap(X)
     shape = getattr(X, "shape", None)

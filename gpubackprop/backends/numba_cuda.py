@@ -28,7 +28,7 @@ import importlib
 import numpy as np
 
 from .base import Backend
-from .cupy_backend import activation_code, copy_back, kernels_package
+from .gpu_common import activation_code, copy_back, kernels_package
 
 GRADIENT = 0      # weight_update / bias_update mode: write dW, db
 
