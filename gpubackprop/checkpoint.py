@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from . import __version__
+from . import __version__, paths
 from .device import to_host
 from .history import History
 from .io import check_network, is_int, is_real, load_file, remove_stale_temps, save_file
@@ -36,19 +36,11 @@ _JSON_KEYS = ("config", "optimizer", "epoch", "step", "rng_state", "n_correct", 
 
 class Checkpoint:
     def __init__(self, path, trainer, n_samples):
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"checkpoint must be a file path (str or os.PathLike); "
-                            f"got {type(path).__name__}")
-        self.path = os.fspath(path)
-        if not self.path:
-            raise ValueError("checkpoint must be a file path; got ''")
-        if os.path.isdir(self.path):
-            raise ValueError(f"checkpoint must be a file path; got the folder {self.path!r}")
+        # a file path in a folder that exists; a symlink resolved once, a loop refused
+        self.path = paths.output_path(path, "checkpoint")
         self.n_samples = int(n_samples)
-        folder = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(folder):
-            raise ValueError(f"checkpoint folder {folder!r} does not exist")
         self.trainer = trainer
+        self._lock = None
 
     @property
     def n_steps(self):
@@ -60,6 +52,32 @@ class Checkpoint:
     def remove_stale_temps(self):
         """Temporary files left by a writer killed mid-save (never the checkpoint)."""
         return remove_stale_temps(self.path)
+
+    def claim(self, resume):
+        """Before the first step: lock the path for this run (RuntimeError
+        naming the pid of another run holding it), require the file when
+        resume is True (FileNotFoundError), prove the folder takes a file of
+        the checkpoint's size (OSError naming the path), and, as the lock's
+        holder, remove dead writers' temporary files."""
+        self._lock = paths.PathLock(self.path, "checkpoint").acquire()
+        try:
+            if resume is True and not self.exists():
+                raise FileNotFoundError(f"nothing to resume at {self.path!r}: no checkpoint "
+                                        "there; pass resume=False to start a new run (or "
+                                        "resume='auto' to continue one only if it exists)")
+            n_bytes = sum(W.nbytes + b.nbytes for W, b in self.trainer.net.params)
+            factor = 2 if self.trainer.optimizer.momentum > 0 else 1
+            paths.check_writable(self.path, "checkpoint", factor * n_bytes + (64 << 10))
+            self.remove_stale_temps()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self):
+        """Give up the lock taken by claim (nothing if none)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _config(self):
         """What must be equal for a resumed run to continue this one exactly."""
@@ -81,7 +99,7 @@ class Checkpoint:
                 "config": self._config(), "optimizer": t.optimizer.config(),
                 "epoch": int(epoch), "step": int(step), "rng_state": rng_state,
                 "n_correct": int(n_correct), "history": t.history.records}
-        save_file(self.path, arrays, meta)
+        save_file(self.path, arrays, meta, what="checkpoint")
 
     # -- reading ----------------------------------------------------------------
     def restore(self):

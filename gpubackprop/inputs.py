@@ -5,7 +5,7 @@ dtype, finiteness, label range) and moved to the network's device once.
 """
 import numpy as np
 
-from .device import all_finite, to_host
+from .device import all_finite, import_cupy, is_cupy_array, to_host
 from .tensor import unwrap
 
 
@@ -26,10 +26,30 @@ def features(X, n_in, device, dtype, argument="X"):
                          f"{n_in} inputs; got {tuple(X.shape)}")
     if X.shape[0] == 0:
         raise ValueError(f"{argument} is empty: it must hold at least one example")
-    X = device.asarray(X, dtype=dtype)
-    if not all_finite(X):
-        raise ValueError(f"{argument} contains NaN or infinite values")
-    return X
+    return cast_finite(X, device, dtype, argument)
+
+
+def cast_finite(array, device, dtype, argument):
+    """`array` as `dtype` on `device`, checked finite AFTER the cast: a float64
+    value beyond float32's range becomes inf in the cast, and that is said
+    as an overflow (ValueError naming the argument and the largest value)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = device.asarray(array, dtype=dtype)
+    if not all_finite(cast):
+        raise nonfinite_error(array, dtype, argument)
+    return cast
+
+
+def nonfinite_error(original, dtype, argument):
+    """The ValueError for a value that is not finite as `dtype`: an overflow
+    when `original` itself is finite, else NaN/inf in the data."""
+    if np.dtype(original.dtype).kind == "f" and all_finite(original):
+        xp = import_cupy() if is_cupy_array(original) else np
+        big = float(to_host(xp.abs(original).max()))
+        return ValueError(f"{argument} holds values that overflow {np.dtype(dtype).name} "
+                          f"(largest magnitude {big:.4g}; {np.dtype(dtype).name} holds up "
+                          f"to {float(np.finfo(dtype).max):.4g})")
+    return ValueError(f"{argument} contains NaN or infinite values")
 
 
 def _from_sequence(seq, argument, shape):
@@ -67,10 +87,14 @@ def targets(Y, n_out, batch, device, dtype, argument="Y"):
     if Y.ndim != 2 or Y.shape[1] != n_out:
         raise ValueError(f"{argument} must be class indices (batch,) or targets (batch, {n_out}) "
                          f"for a network with {n_out} outputs; got shape {tuple(Y.shape)}")
-    Y = device.asarray(Y, dtype=dtype)
-    if not all_finite(Y):
-        raise ValueError(f"{argument} contains NaN or infinite values")
-    return Y
+    return cast_finite(Y, device, dtype, argument)
+
+
+def _label(value):
+    """A label as given: 3 for 3 or 3.0, 1e+20 for a float too large for int64."""
+    if isinstance(value, (np.floating, float)) and abs(value) >= 2.0 ** 63:
+        return f"{float(value):g}"
+    return str(int(value))
 
 
 def one_hot(labels, n_classes, device, dtype, argument="Y"):
@@ -82,10 +106,13 @@ def one_hot(labels, n_classes, device, dtype, argument="Y"):
             raise ValueError(f"{argument} given as class indices must hold whole numbers")
     elif kind not in "iub":
         raise TypeError(f"{argument} class indices must be integers; got dtype {host.dtype}")
+    if host.size:      # the range of the values given, before any cast can wrap them
+        lo, hi = host.min(), host.max()
+        if lo < 0 or hi >= n_classes:
+            raise ValueError(f"{argument} holds class labels out of range: expected "
+                             f"0..{n_classes - 1} for {n_classes} outputs; got min "
+                             f"{_label(lo)}, max {_label(hi)}")
     host = host.astype(np.int64)
-    if host.size and (host.min() < 0 or host.max() >= n_classes):
-        raise ValueError(f"{argument} holds class labels out of range: expected 0..{n_classes - 1} "
-                         f"for {n_classes} outputs; got min {host.min()}, max {host.max()}")
     Y = np.zeros((host.shape[0], n_classes), dtype=dtype)
     Y[np.arange(host.shape[0]), host] = 1
     return device.asarray(Y)

@@ -14,13 +14,13 @@ length is bounded before it is read, safetensors checks that the tensors'
 offsets tile the data exactly (so no tensor can claim more bytes than the
 file holds), and the metadata and arrays are checked here before use.
 """
-import glob
 import json
 import numbers
 import os
-import secrets
 
 import numpy as np
+
+from . import paths
 
 NETWORK_FORMAT = "gpubackprop.mlp"
 #: the one version of the network file format (2: safetensors; 1 was .npz)
@@ -38,14 +38,15 @@ def encode_meta(meta):
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
 
 
-def save_file(path, arrays, meta):
+def save_file(path, arrays, meta, what="file"):
     """Write {name: float array} and the metadata `meta` ({key: str or
     JSON-able}) to `path` as safetensors, atomically.
 
     The bytes go to a temporary file next to `path` (same file system,
     created with the umask's permissions), which is flushed, fsynced and
     renamed over `path`; on any error the temporary file is removed and
-    `path` is left as it was.
+    `path` is left as it was; an OSError (a full disk, a read-only file
+    system) names the path and says so (`what` names the file's kind).
     """
     from safetensors.numpy import save
 
@@ -61,39 +62,27 @@ def save_file(path, arrays, meta):
                             "float64 arrays are written")
         tensors[name] = np.ascontiguousarray(value)
     data = save(tensors, metadata=encode_meta(meta))
-    tmp = os.path.join(folder, _temp_prefix(path) + secrets.token_hex(6))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # the umask applies
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    tmp = paths.temp_path(path)           # .NAME.tmp-PID-RANDOM: see remove_stale_temps
+    with paths.write_errors(path, what):
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # the umask applies
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
     _fsync_dir(folder)
-
-
-def _temp_prefix(path):
-    return "." + os.path.basename(path) + ".tmp-"
 
 
 def remove_stale_temps(path):
     """Delete temporary files that an earlier writer of `path` left behind
-    when it was killed mid-write (SIGKILL, power loss); returns their names."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    pattern = os.path.join(glob.escape(folder), glob.escape(_temp_prefix(path)) + "*")
-    removed = []
-    for stale in glob.glob(pattern):
-        try:
-            os.unlink(stale)
-            removed.append(stale)
-        except OSError:
-            pass
-    return removed
+    when it was killed mid-write (SIGKILL, power loss), never those of a
+    live process; returns their names (see paths.remove_stale_temps)."""
+    return paths.remove_stale_temps(path)
 
 
 def _fsync_dir(folder):

@@ -75,12 +75,21 @@ class SGD:
         self.weight_decay = weight_decay
         self.check()
 
+    # the hyperparameters are checked where they are set (sgd.lr = -1.0 raises)
+    lr = property(lambda self: self._lr, lambda self, value: setattr(
+        self, "_lr", real("lr", value, low=0.0, low_open=True)), doc="learning rate > 0")
+    momentum = property(lambda self: self._momentum, lambda self, value: setattr(
+        self, "_momentum", real("momentum", value, low=0.0, high=1.0, high_open=True)),
+        doc="momentum in [0, 1)")
+    weight_decay = property(lambda self: self._weight_decay, lambda self, value: setattr(
+        self, "_weight_decay", real("weight_decay", value, low=0.0)), doc="L2 penalty >= 0")
+
     def check(self):
-        """Re-check the hyperparameters (they are plain attributes a user may
-        change between fits); raises ValueError/TypeError naming the one."""
-        self.lr = real("lr", self.lr, low=0.0, low_open=True)
-        self.momentum = real("momentum", self.momentum, low=0.0, high=1.0, high_open=True)
-        self.weight_decay = real("weight_decay", self.weight_decay, low=0.0)
+        """Re-check the hyperparameters (a subclass may store them its own
+        way); raises ValueError/TypeError naming the one."""
+        self.lr = self.lr
+        self.momentum = self.momentum
+        self.weight_decay = self.weight_decay
 
     def init_state(self, params):
         """A fresh SGDState for `params` [(W, b), ...]: zero velocities with momentum."""

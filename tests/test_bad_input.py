@@ -193,7 +193,7 @@ BAD_CALLS = [
      "resume=True needs the checkpoint path"),
     ("fit_resume_type",
      lambda c: c.trainer.fit(c.X, c.y, checkpoint=c.tmp / "c.safetensors", resume="yes"), TypeError,
-     "resume must be True or False"),
+     "resume must be True, False or 'auto'"),
     ("fit_callback", lambda c: c.trainer.fit(c.X, c.y, callback=3), TypeError,
      "callback must be callable"),
     ("fit_progress", lambda c: c.trainer.fit(c.X, c.y, progress="yes"), TypeError,

@@ -98,7 +98,9 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path):
     assert r.returncode == -signal.SIGKILL, r.stderr
     meta = read_meta(ckpt)                       # the previous one, whole and readable
     assert (meta["epoch"], meta["step"]) == (0, 6)
-    stale = [p for p in os.listdir(tmp_path) if p != "run.safetensors"]
+    # left: the half-written temp and the killed run's lock file (its flock died with it)
+    stale = [p for p in os.listdir(tmp_path) if p not in ("run.safetensors",
+                                                          "run.safetensors.lock")]
     assert len(stale) == 1 and stale[0].startswith(".run.safetensors.tmp-")   # half written
 
     r = run_script(ckpt, out, "--resume")
@@ -338,12 +340,16 @@ def test_resume_without_a_file_starts_fresh_and_a_finished_run_stays_finished(tm
     X, y = killme.data()
     path = tmp_path / "c.safetensors"
     a = _trainer()
-    a.fit(X, y, epochs=2, checkpoint=path, resume=True)      # no file yet: from scratch
+    with pytest.raises(FileNotFoundError, match="nothing to resume at .*c.safetensors.*"
+                                                "pass resume=False to start a new run"):
+        a.fit(X, y, epochs=2, checkpoint=path, resume=True)  # resume=True needs the file
+    assert not os.listdir(tmp_path)                          # no lock file, no probe left
+    a.fit(X, y, epochs=2, checkpoint=path, resume="auto")    # no file yet: from scratch
     b = _trainer()
     b.fit(X, y, epochs=2)
     assert _same_params(a.net.params, b.net.params)
     c = _trainer()
-    c.fit(X, y, epochs=2, checkpoint=path, resume=True)      # nothing left to do
+    c.fit(X, y, epochs=2, checkpoint=path, resume="auto")    # nothing left to do
     assert _same_params(a.net.params, c.net.params) and len(c.history) == 2
 
 

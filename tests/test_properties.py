@@ -164,7 +164,8 @@ def test_checkpoints_round_trip_and_resume_exactly(problem, momentum, n, every, 
             assert probe.history.records == first.history.records[:len(probe.history)]
         # ... and resuming ends where the uninterrupted run ends, bit for bit
         second = _trainer(*args)
-        second.fit(X, Y, epochs=epochs, checkpoint=path, checkpoint_every=every, resume=True)
+        second.fit(X, Y, epochs=epochs, checkpoint=path, checkpoint_every=every,
+                   resume="auto")      # interrupted before the first checkpoint: none there
     for (W, b), (W2, b2) in zip(whole.net.params, second.net.params):
         assert np.array_equal(W, W2) and np.array_equal(b, b2)
     if momentum:
