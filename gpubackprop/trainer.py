@@ -381,7 +381,6 @@ def _global_sums(comm, xp, step_costs, n_correct):
     return totals[:-1], totals[-1]
 
 
-def _rows(X):
 _BUSY = weakref.WeakKeyDictionary()      # network or backend -> the thread training it
 _BUSY_LOCK = threading.Lock()
 
@@ -412,6 +411,7 @@ def _exclusive(net):
                 _BUSY.pop(obj, None)
 
 
+def _rows(X):
     """The number of rows of an array-like, or None if it has none."""
     X = unwrap(X)
     shape = getattr(X, "shape", None)
