@@ -143,13 +143,13 @@ def cmd_gradcheck(args):
     labels = rng.integers(0, sizes[-1], args.batch)
     worst = 0.0
     print(f"gradcheck: backprop vs central differences, sizes {sizes}, batch {args.batch}, "
-          f"float64 ({args.backend} backend)")
+          f"float64 ({args.backend} backend on {args.device})")
     cases = [(act, out, loss) for act in HIDDEN_NAMES
              for out, loss in (("sigmoid", "sse"), ("identity", "mse"),
                                ("softmax", "cross_entropy"))]
     for act, out, loss in cases:
         net = gb.MLP.from_sizes(sizes, activation=act, output_activation=out,
-                                backend=args.backend, seed=args.seed)
+                                backend=args.backend, seed=args.seed, device=args.device)
         for reduction in ("mean", "sum"):
             err = gb.gradcheck(net, X, labels, loss=loss, reduction=reduction)
             worst = max(worst, err)
@@ -261,6 +261,8 @@ def build_parser():
     g.add_argument("--layers", type=_sizes)
     g.add_argument("--batch", type=int, default=5)
     g.add_argument("--backend", default="numpy")
+    g.add_argument("--device", default="cpu",
+                   help="cpu | cuda | cuda-emulator (the CUDA C kernels run on the CPU)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--tol", type=float, default=1e-6)
     g.set_defaults(func=cmd_gradcheck)

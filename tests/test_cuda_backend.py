@@ -126,3 +126,15 @@ def test_trainer_fit_matches_the_numpy_backend(dev, backend, dtype, loss, moment
         for g, r in zip(got, ref):
             assert rel_err(_host(g), np.asarray(r, dtype=np.float64)) <= TOL[dtype]
     assert len(hists[0].records) == len(hists[1].records) == 2
+
+
+@pytest.mark.parametrize("backend", ["cuda", "fused"])
+def test_cli_gradcheck_on_the_emulator(backend, capsys):
+    from gpubackprop.cli import main
+
+    if needs_emulator.args[0]:
+        pytest.skip(needs_emulator.kwargs["reason"])
+    assert main(["gradcheck", "--device", "cuda-emulator", "--backend", backend,
+                 "--layers", "6,5,3"]) == 0
+    out = capsys.readouterr().out
+    assert f"{backend} backend on cuda-emulator" in out and "PASS" in out
