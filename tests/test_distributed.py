@@ -45,8 +45,8 @@ def run_ranks(n, cfg, tmp_path, timeout=TIMEOUT):
     """Run the child as n ranks; returns (returncode, output, seconds, outputs)."""
     out = tmp_path / f"out{n}-{len(list(tmp_path.iterdir()))}"
     out.mkdir()
-    argv, env = launch.command(n, [sys.executable, CHILD, json.dumps(cfg), str(out)])
-    env = {**os.environ, **env, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+    argv = launch.command(n, [sys.executable, CHILD, json.dumps(cfg), str(out)])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "PYTHONWARNINGS": "default"}
     t0 = time.monotonic()
     proc = subprocess.run(["timeout", "-k", "5", str(timeout), *argv], cwd=tmp_path, env=env,
@@ -308,12 +308,12 @@ def test_nccl_arguments_dtype_codes_counts_pointers(dtype, code):
     fake = FakeNcclComm(world=3)
     ops = nccl.NcclOps(FakeNccl, fake, FakeStream())
     x = np.arange(1, 8, dtype=dtype).view(FakeDeviceArray)
-    ops.allreduce(x, size=3)
+    ops.allreduce(x)
     assert fake.calls[-1] == ("allReduce", 7, code, FakeNccl.NCCL_SUM, 1234)
     assert np.array_equal(np.asarray(x), 3 * np.arange(1, 8, dtype=dtype))
-    ops.allreduce(x, size=3, deterministic=True)     # gather, then 1x + 2x + 3x in rank order
+    gathered = ops.allgather(x, 3)                   # rank r's part here is (r + 1) x
     assert fake.calls[-1] == ("allGather", 7, code, 1234)
-    assert np.array_equal(np.asarray(x), 18 * np.arange(1, 8, dtype=dtype))
+    assert np.array_equal(np.asarray(gathered), [3 * (r + 1) * np.arange(1, 8) for r in range(3)])
     ops.bcast(x)
     assert fake.calls[-1] == ("bcast", 7, code, 0, 1234)
     ops.synchronize()
@@ -359,18 +359,16 @@ def test_nccl_world_of_one_on_a_gpu_trains_as_no_comm():
 
 # -- gpubackprop launch ------------------------------------------------------------------
 def test_launch_command_lines():
-    argv, env = launch.command(2, ["python", "train.py", "--lr", "3"], mpiexec="/x/mpiexec",
-                               kind=("mpich", 4), is_root=True, cores=2)
+    argv = launch.command(2, ["python", "train.py", "--lr", "3"], mpiexec="/x/mpiexec",
+                          kind=("mpich", 4), is_root=True, cores=2)
     assert argv == ["/x/mpiexec", "-n", "2", "python", "-m", "mpi4py", "train.py", "--lr", "3"]
-    assert env == {}
-    argv, env = launch.command(3, ["train.py"], mpiexec="/x/mpirun", kind=("openmpi", 5),
-                               is_root=True, cores=2)
-    assert argv[:6] == ["/x/mpirun", "-n", "3", "--allow-run-as-root", "--map-by",
-                        ":OVERSUBSCRIBE"]
+    argv = launch.command(3, ["train.py"], mpiexec="/x/mpirun", kind=("openmpi", 5),
+                          is_root=True, cores=2)
+    assert argv[:8] == ["/x/mpirun", "-n", "3", "--allow-run-as-root", "--map-by",
+                        ":OVERSUBSCRIBE", "-x", "PATH"]
     assert argv[-4:] == [sys.executable, "-m", "mpi4py", "train.py"]
-    assert env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] == "1"
-    argv, _ = launch.command(3, ["./a.out"], mpiexec="m", kind=("openmpi", 4), is_root=False,
-                             cores=2)
+    argv = launch.command(3, ["./a.out"], mpiexec="m", kind=("openmpi", 4), is_root=False,
+                          cores=2)
     assert "--oversubscribe" in argv and "--allow-run-as-root" not in argv
     assert argv[-1] == "./a.out"
     with pytest.raises(ValueError, match="-n must be a positive"):
@@ -400,3 +398,16 @@ def test_launch_dry_run_and_run_from_the_command_line(tmp_path, capsys):
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["0 of 2", "1 of 2"]
+
+
+def test_deterministic_device_allreduce_adds_nccl_parts_in_rank_order(monkeypatch):
+    from gpubackprop.distributed import comm as comm_module
+
+    monkeypatch.setattr(comm_module, "_on_device", lambda a: isinstance(a, FakeDeviceArray))
+    comm = distributed.local(deterministic=True)
+    comm.size = 3                                    # a world of 3, as NCCL would gather it
+    comm._nccl = nccl.NcclOps(FakeNccl, FakeNcclComm(world=3), FakeStream())
+    x = np.array([1e16, 1.0, 3.0]).view(FakeDeviceArray)
+    parts = [np.array([1e16, 1.0, 3.0]) * (r + 1) for r in range(3)]   # what rank r sends
+    comm.allreduce(x)
+    assert np.array_equal(np.asarray(x), (parts[0] + parts[1]) + parts[2])

@@ -133,7 +133,10 @@ class Communicator:
         _check_float(x, "allreduce")
         self._fingerprint("allreduce", x)
         if self._nccl is not None and _on_device(x):
-            self._nccl.allreduce(x, self.size, self.deterministic)
+            if self.deterministic:             # every rank's part, added in rank order
+                sum_in_rank_order(self._nccl.allgather(x, self.size), out=x)
+            else:
+                self._nccl.allreduce(x)
         elif self.size > 1:
             _through_host(x, self._allreduce_host)
         self.n_collectives += 1

@@ -4,10 +4,12 @@ It runs the mpiexec of the installed MPI: the one next to this Python (the
 mpich wheel of `pip install "gpubackprop[mpi]"` puts it there), else the
 first on PATH (a site MPI: `module load openmpi`).  A Python command runs
 under `python -m mpi4py`, so an uncaught exception on one rank aborts every
-rank instead of leaving them waiting.  The environment is passed on (MPICH
-does by default; Open MPI gets `-x NAME` for the variables that matter), and
-Open MPI run as root (containers, CI) gets --allow-run-as-root, and
-oversubscription when there are more ranks than cores.
+rank instead of leaving them waiting.  The environment is passed on: MPICH
+passes all of it to every rank, Open MPI passes it to the ranks on this
+machine and gets `-x PATH` so remote ranks find the same Python (add `-x
+NAME` for more).  Open MPI run as root (containers, CI) gets
+--allow-run-as-root, and oversubscription when there are more ranks than
+cores (MPICH needs neither).
 """
 import os
 import re
@@ -17,11 +19,6 @@ import subprocess
 import sys
 
 from . import MPI_HINT
-
-#: variables Open MPI is told to pass on (MPICH passes everything)
-PASS_ON = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH", "VIRTUAL_ENV", "OMP_NUM_THREADS",
-           "CUDA_VISIBLE_DEVICES", "NCCL_DEBUG")
-
 
 def find_mpiexec():
     """The path of the installed MPI's mpiexec; RuntimeError with the
@@ -70,7 +67,7 @@ def python_under_mpi4py(cmd):
 
 
 def command(n, cmd, mpiexec=None, kind=None, is_root=None, cores=None):
-    """(argv, extra environment) that runs `cmd` as `n` ranks.
+    """The argv that runs `cmd` as `n` ranks.
 
     mpiexec, kind (flavor's pair), is_root and cores default to this
     machine's; they are arguments so the choice is testable anywhere."""
@@ -81,30 +78,26 @@ def command(n, cmd, mpiexec=None, kind=None, is_root=None, cores=None):
     is_root = (os.geteuid() == 0 if hasattr(os, "geteuid") else False) \
         if is_root is None else is_root
     cores = cores or os.cpu_count() or 1
-    argv, env = [mpiexec, "-n", str(n)], {}
+    argv = [mpiexec, "-n", str(n)]
     if name == "openmpi":
         if is_root:
             argv.append("--allow-run-as-root")
-            env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
         if n > cores:
             argv += ["--map-by", ":OVERSUBSCRIBE"] if major >= 5 else ["--oversubscribe"]
-        for var in PASS_ON:
-            if var in os.environ:
-                argv += ["-x", var]
-    return argv + python_under_mpi4py(list(cmd)), env
+        argv += ["-x", "PATH"]
+    return argv + python_under_mpi4py(list(cmd))
 
 
 def launch(n, cmd, dry_run=False, out=None):
     """Run `cmd` as `n` ranks and return mpiexec's exit status; with
     dry_run, print the command line instead."""
     out = out or sys.stdout
-    argv, env = command(n, cmd)
+    argv = command(n, cmd)
     if dry_run:
-        prefix = " ".join(f"{k}={v}" for k, v in env.items())
-        print((prefix + " " if prefix else "") + shlex.join(argv), file=out)
+        print(shlex.join(argv), file=out)
         return 0
     try:
-        return subprocess.run(argv, env={**os.environ, **env}).returncode
+        return subprocess.run(argv).returncode      # this environment, inherited
     except KeyboardInterrupt:
         return 130
 

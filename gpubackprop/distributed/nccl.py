@@ -50,25 +50,19 @@ class NcclOps:
             raise TypeError(f"NCCL collectives take {sorted(DTYPE_CODES)}; got {dtype}")
         return getattr(self.nccl, name)
 
-    def allreduce(self, x, size, deterministic=False):
+    def allreduce(self, x):
         """x = the sum of x over ranks, in place, on the compute stream."""
-        if deterministic and size > 1:
-            self._allreduce_in_rank_order(x, size)
-            return
         self.communicator.allReduce(pointer(x), pointer(x), x.size, self.dtype_code(x.dtype),
                                     self.nccl.NCCL_SUM, self.stream.ptr)
         self.poll()
 
-    def _allreduce_in_rank_order(self, x, size):
-        """Allgather, then add the parts left to right (bitwise the same on
-        every rank and for every NCCL algorithm)."""
-        from .comm import sum_in_rank_order
-
+    def allgather(self, x, size):
+        """(size, *x.shape): every rank's x, in rank order."""
         gathered = _empty_like_stack(x, size)
         self.communicator.allGather(pointer(x), pointer(gathered), x.size,
                                     self.dtype_code(x.dtype), self.stream.ptr)
         self.poll()
-        sum_in_rank_order(gathered, out=x)
+        return gathered
 
     def bcast(self, x):
         """Rank 0's x on every rank, in place."""
