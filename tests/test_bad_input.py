@@ -69,6 +69,37 @@ def _text_file(c):
     return path
 
 
+def _symlink_loop(c):
+    path = c.tmp / "loop.safetensors"
+    os.symlink(path, path)
+    return path
+
+
+def _fifo(c):
+    path = c.tmp / "pipe.idx"
+    os.mkfifo(path)
+    return path
+
+
+def _idx_file(c):
+    path = c.tmp / "small.idx"
+    path.write_bytes(bytes([0, 0, 0x08, 1, 0, 0, 0, 24]) + bytes(24))     # 24 uint8 values
+    return path
+
+
+def _nan_net():
+    net = _net()
+    net.layers[0].W[0, 0] = np.nan
+    return net
+
+
+def _fit_on_a_locked_checkpoint(c):
+    from gpubackprop.paths import PathLock
+
+    with PathLock(c.tmp / "c.safetensors"):
+        c.trainer.fit(c.X, c.y, checkpoint=c.tmp / "c.safetensors")
+
+
 BAD_CALLS = [
     # -- devices, tensors, backends ---------------------------------------------------------
     ("device_unknown", lambda c: gb.device("gpux"), ValueError,
@@ -240,6 +271,45 @@ BAD_CALLS = [
      "does not exist"),
     ("digits_fraction", lambda c: gb.data.load_digits(test_fraction=1.5), ValueError,
      "test_fraction"),
+    # -- issue 14: overflow, shared layers, hyperparameters set late, paths, files ---------------
+    ("set_params_overflow",
+     lambda c: _net(dtype="float32").layers[0].set_params(W=np.full((4, 3), 1e300)),
+     ValueError, r"W of Dense\(3, 4\) holds values that overflow float32"),
+    ("dense_overflow", lambda c: gb.MLP([gb.Dense(3, 4, W=np.full((4, 3), 1e39)), gb.Dense(4, 2)],
+                                        dtype="float32"),
+     ValueError, r"W of Dense\(3, 4\) holds values that overflow float32 \(largest magnitude 1e\+39"),
+    ("forward_overflow", lambda c: _net(dtype="float32").forward(np.full((2, 3), 1e300)),
+     ValueError, "X holds values that overflow float32"),
+    ("targets_overflow", lambda c: _net(dtype="float32").loss(c.X, np.full((N, 2), -1e300)),
+     ValueError, "Y holds values that overflow float32"),
+    ("labels_huge", lambda c: c.net.loss(c.X, np.full(N, 1e20)), ValueError,
+     r"out of range: expected 0..1 for 2 outputs; got min 1e\+20, max 1e\+20"),
+    ("save_nan", lambda c: _nan_net().save(c.tmp / "n.safetensors"), ValueError,
+     r"W of layers\[0\] contains NaN or infinite values, and gb.load refuses"),
+    ("dense_in_two_mlps", lambda c: gb.MLP([c.net.layers[0], gb.Dense(4, 2)]), ValueError,
+     r"layers\[0\] .* already belongs to another MLP.*layer.copy\(\)"),
+    ("dense_twice", lambda c: gb.MLP([gb.Dense(3, 3)] * 2), ValueError,
+     r"layers\[0\] and layers\[1\] are the same Dense object"),
+    ("sgd_lr_set_negative", lambda c: setattr(c.trainer.optimizer, "lr", -1.0), ValueError,
+     "lr must be a finite number .*got -1.0"),
+    ("sgd_momentum_set", lambda c: setattr(c.trainer.optimizer, "momentum", 1.5), ValueError,
+     "momentum must be a finite number .*got 1.5"),
+    ("trainer_batch_set_zero", lambda c: setattr(c.trainer, "batch_size", 0), ValueError,
+     "batch_size must be an integer >= 1; got 0"),
+    ("fit_resume_missing",
+     lambda c: c.trainer.fit(c.X, c.y, checkpoint=c.tmp / "typo.safetensors", resume=True),
+     FileNotFoundError, "nothing to resume at .*typo.safetensors.*pass resume=False"),
+    ("fit_checkpoint_loop", lambda c: c.trainer.fit(c.X, c.y, checkpoint=_symlink_loop(c)),
+     ValueError, "checkpoint .*loop.safetensors' is a symbolic link loop"),
+    ("fit_checkpoint_locked", _fit_on_a_locked_checkpoint, RuntimeError,
+     rf"checkpoint .*c.safetensors' is in use by another run \(pid {os.getpid()}\)"),
+    ("read_idx_fifo", lambda c: gb.data.read_idx(_fifo(c)), ValueError,
+     "pipe.idx' : it is a FIFO|pipe.idx': it is a FIFO"),
+    ("read_idx_folder", lambda c: gb.data.read_idx(c.tmp), ValueError, "it is a folder"),
+    ("read_idx_budget", lambda c: gb.data.read_idx(_idx_file(c), max_bytes=10), ValueError,
+     r"\(24,\) of uint8 = 24 bytes, more than the limit of 10 bytes"),
+    ("mnist_max_bytes", lambda c: gb.data.load_mnist(c.tmp, max_bytes=0), ValueError,
+     "max_bytes must be an integer >= 1; got 0"),
     # -- memory --------------------------------------------------------------------------------
     ("estimate_batch", lambda c: memory.estimate(c.net, 0, 10), ValueError,
      "batch_size must be an integer >= 1"),
