@@ -206,6 +206,9 @@ def cmd_info(args):
     if not n:
         print(f"  cuda: {reason.replace('; ' + INSTALL_HINT, '')}")
         print(f"    hint: {_cuda_hint(reason)}")
+    from gpubackprop.device import emulator_status
+    compiler, why_not = emulator_status()
+    print(f"  cuda-emulator: {f'builds with {compiler}' if compiler else why_not}")
     print("backends:")
     for dev in _devices_by_kind():
         where = "cuda" if dev.kind == "cuda" else str(dev)
