@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -189,6 +190,15 @@ def test_cli_resume_auto_starts_then_continues(tmp_path, capsys):
     assert main(common + ["--epochs", "1", "--resume", "auto"]) == 0   # starts
     assert main(common + ["--epochs", "2", "--resume", "auto"]) == 0   # continues
     assert "epoch 2/2" in capsys.readouterr().out.replace("   ", " ").replace("  ", " ")
+
+
+def test_bench_output_paths_are_checked_before_any_timing(tmp_path, capsys):
+    started = time.perf_counter()
+    assert main(["bench", "--tiny", "--out", "none", "--json", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpubackprop bench: error: --json must be a file path; got the folder")
+    assert "\nbench: " not in err                      # no progress line: nothing was timed
+    assert time.perf_counter() - started < 10
 
 
 @contextlib.contextmanager

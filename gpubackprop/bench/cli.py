@@ -3,6 +3,7 @@ import argparse
 import os
 import sys
 
+from ..paths import check_writable
 from .cases import PEERS, PROFILES, REGIME_NAMES
 from .plot import plot
 from .report import format_table, to_json, write_text
@@ -106,12 +107,10 @@ def _command(args):
 def cmd_bench(args):
     profile = "tiny" if args.tiny else "full" if args.full else "quick"
     paths = _paths(args)
-    for path in paths.values():          # fail now, not after minutes of timing
+    for key, path in paths.items():      # fail now, not after minutes of timing
         if path and path != "-":
-            folder = os.path.dirname(os.path.abspath(path))
-            os.makedirs(folder, exist_ok=True)
-            if not os.access(folder, os.W_OK):
-                raise OSError(f"cannot write into {folder} (for {path})")
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            check_writable(path, f"--{key}")   # a file created and removed there
     to_stdout = paths["json"] == "-"
     stream = sys.stderr if to_stdout else sys.stdout
     written = []
