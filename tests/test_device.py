@@ -34,7 +34,7 @@ def test_auto_falls_back_to_cpu_with_a_notice(no_cuda, capsys):
     assert d.kind == "cpu"
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "CuPy could not be imported" in err
-    assert gb.available_devices() == ["cpu"]
+    assert [d for d in gb.available_devices() if d.startswith("cuda:")] == []   # no GPU listed
 
 
 @pytest.mark.parametrize("spec", ["cuda", "cuda:1", "gpu"])
