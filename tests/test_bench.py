@@ -179,18 +179,19 @@ def test_gpu_mode_code_path_on_the_cpu():
     """The GPU check's command with --device cpu: the same code path; the JSON
     is handed over after every regime, complete only at the end."""
     seen = []
-    result = bench.run_bench(profile="tiny", device="cpu", regimes=["small", "narrow"],
+    result = bench.run_bench(profile="tiny", device="cpu", regimes=["narrow", "small"],
                              peers=["torch-eager", "torch-graphs", "floor"], repeats=1,
                              sweep=False, on_update=lambda r: seen.append(json.dumps(r)))
     seen = [json.loads(s) for s in seen]
-    assert [s["complete"] for s in seen] == [False, False, True]
-    assert {r["regime"] for r in seen[0]["results"]} == {"small"}
-    assert {r["regime"] for r in seen[1]["results"]} == {"small", "narrow"}
+    assert [s["complete"] for s in seen] == [False, False, False, True]
+    assert seen[0]["results"] == [] and seen[0]["machine"]["cpu"]
+    assert {r["regime"] for r in seen[1]["results"]} == {"narrow"}      # the order asked for
+    assert {r["regime"] for r in seen[2]["results"]} == {"small", "narrow"}
     assert {r["device"] for r in result["results"]} == {"cpu"}
     impls = {r["impl"] for r in result["results"]}
     assert {"gpubackprop", "floor"} <= impls and not impls & {"jax", "sklearn"}
     graphs = [s for s in result["skipped"] if s["impl"] == "torch-graphs"]
-    assert len(graphs) == 1 and graphs[0]["regimes"] == ["small", "narrow"]
+    assert len(graphs) == 1 and graphs[0]["regimes"] == ["narrow", "small"]
     wide = bench.PROFILES["quick"].regime("wide")     # a GPU runs more steps per run
     assert wide.on("cpu") is wide and wide.on("cuda:0").steps == wide.gpu_steps > wide.steps
     assert wide.on("cuda:0").shape == wide.shape

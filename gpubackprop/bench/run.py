@@ -91,7 +91,7 @@ def run_bench(profile="quick", device="auto", regimes=None, peers=None, repeats=
         raise ValueError(f"repeats must be an integer >= 1; got {reps!r}")
     devices = devices_for(device)
     say = say or (lambda text: None)
-    chosen = [r for r in cfg.regimes if r.name in regimes]
+    chosen = [cfg.regime(name) for name in regimes]        # in the order asked for
     load = _machine.loadavg()
     result = {
         "schema": SCHEMA, "complete": False,
@@ -115,6 +115,7 @@ def run_bench(profile="quick", device="auto", regimes=None, peers=None, repeats=
     say(f"devices {', '.join(devices)}; {reps} timed runs "
         f"after {cfg.warmup} warm-up")
     update = on_update or (lambda r: None)
+    update(result)                                         # the header, before any timing
     for regime in chosen:
         params = initial_params(regime)
         for dev in devices:
