@@ -411,3 +411,26 @@ def test_deterministic_device_allreduce_adds_nccl_parts_in_rank_order(monkeypatc
     parts = [np.array([1e16, 1.0, 3.0]) * (r + 1) for r in range(3)]   # what rank r sends
     comm.allreduce(x)
     assert np.array_equal(np.asarray(x), (parts[0] + parts[1]) + parts[2])
+
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+@needs_mpi
+@pytest.mark.skipif(not os.path.exists(README), reason="README.md is not beside the tests")
+def test_readme_script_runs_on_two_ranks(tmp_path):
+    import re
+
+    text = open(README).read()
+    script = re.search(r"## Past one GPU.*?```py\n(.*?)```", text, re.S).group(1)
+    assert len(script.strip().splitlines()) == 6
+    (tmp_path / "train.py").write_text(script + "open(f'rank{comm.rank}', 'w').write("
+                                       "f'{comm.size} {trainer.history.accuracy[-1]!r}')\n")
+    argv = launch.command(2, [sys.executable, "train.py"])
+    proc = subprocess.run(["timeout", "-k", "5", str(TIMEOUT), *argv], cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+    results = [(tmp_path / f"rank{r}").read_text().split() for r in (0, 1)]
+    assert results[0] == results[1] and results[0][0] == "2"     # the same accuracy
+    assert float(results[0][1]) > 0.8
