@@ -307,22 +307,26 @@ def sum_in_rank_order(gathered, out):
     return out
 
 
-def digest(arrays):
+def digest(arrays, chunk=1 << 20):
     """A short bitwise fingerprint of float arrays (NumPy or CuPy), reduced
-    where they live: per array the wrapping sums of its bit patterns, plain
-    and position-weighted.  One read-back."""
+    where they live: per array the wrapping uint64 sums of its bit patterns,
+    plain and weighted by position (so moved values change it too), taken
+    `chunk` elements at a time to bound the scratch memory.  One read-back."""
     from ..device import to_host
 
     sums = []
     for a in arrays:
         xp = _xp(a)
         bits = xp.ascontiguousarray(a).ravel().view(f"uint{8 * a.dtype.itemsize}")
-        bits = bits.astype(xp.uint64)
-        weights = xp.arange(1, bits.size + 1, dtype=xp.uint64)
-        sums.append(xp.stack([bits.sum(dtype=xp.uint64), (bits * weights).sum(dtype=xp.uint64)]))
+        total = xp.zeros(2, dtype=xp.uint64)       # arrays wrap around silently
+        for start in range(0, bits.size, chunk):
+            part = bits[start:start + chunk].astype(xp.uint64)
+            position = xp.arange(start + 1, start + 1 + part.size, dtype=xp.uint64)
+            total += xp.stack([part.sum(dtype=xp.uint64), (part * position).sum(dtype=xp.uint64)])
+        sums.append(total)
     if not sums:
         return ()
-    return tuple(int(v) for v in np.concatenate([np.atleast_1d(to_host(s)) for s in sums]))
+    return tuple(int(v) for v in to_host(_xp(arrays[0]).concatenate(sums)))
 
 
 def _xp(a):
