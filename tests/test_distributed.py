@@ -324,6 +324,12 @@ def test_nccl_arguments_dtype_codes_counts_pointers(dtype, code):
         nccl.pointer(np.zeros(3))
 
 
+def test_two_ranks_on_one_gpu_are_found_before_nccl():
+    ids = [("a", "0000:01:00.0"), ("a", "0000:02:00.0"), ("b", "0000:01:00.0")]
+    assert nccl.shared_gpu(ids) is None
+    assert nccl.shared_gpu(ids + [("a", "0000:02:00.0")]) == (1, 3, ("a", "0000:02:00.0"))
+
+
 def test_nccl_wait_gives_up_after_the_timeout():
     class Stuck(FakeNcclComm):
         aborted = False

@@ -110,6 +110,12 @@ class Communicator:
                 raise RuntimeError(reason)
             self.say_once("nccl", f"{reason}; the gradients travel through host memory and MPI")
             return
+        clash = nccl.shared_gpu(self.allgather_object(nccl.gpu_identity(device.index)))
+        if clash is not None:        # NCCL refuses two ranks on one GPU: say why, here
+            a, b, (host, bus) = clash
+            raise ValueError(f"ranks {a} and {b} both train on GPU {bus} of {host}; NCCL needs "
+                             "one GPU per rank: build the network on comm.device "
+                             "(cuda:<local_rank>)")
         self._nccl = nccl.create(self._uid_comm(), self.rank, self.size, device.index,
                                  self.timeout)
         self.backend = "nccl"

@@ -102,6 +102,26 @@ def create(mpi_comm, rank, size, device_index, timeout=600.0):
     return NcclOps(nccl, communicator, cupy.cuda.get_current_stream, timeout)
 
 
+def gpu_identity(device_index):
+    """(host name, PCI bus id) of a GPU: the same physical GPU gives the same
+    pair whatever CUDA_VISIBLE_DEVICES numbers it as."""
+    import socket
+
+    import cupy
+
+    return socket.gethostname(), cupy.cuda.Device(device_index).pci_bus_id
+
+
+def shared_gpu(identities):
+    """The first (rank a, rank b, identity) where two ranks name one GPU, or None."""
+    seen = {}
+    for rank, identity in enumerate(identities):
+        if identity in seen:
+            return seen[identity], rank, identity
+        seen[identity] = rank
+    return None
+
+
 def unavailable_reason():
     """None if cupy.cuda.nccl can be used here, else why not."""
     try:
