@@ -23,9 +23,9 @@ BUILDS = K.builds()
 
 def _include():
     """A CUDA include folder with crt/mma.h, or None."""
-    from gpubackprop import device
+    from gpubackprop.device import cuda_include_path
 
-    found = getattr(device, "cuda_include_path", lambda: None)()
+    found = cuda_include_path()
     if found:
         return found
     nvcc = shutil.which("nvcc")

@@ -40,6 +40,8 @@ class CudaBackend(Backend):
 
     name = "cuda"
     device_kinds = ("cuda", "cuda-emulator")
+    _FILES = ("dense_forward.cu", "delta_propagate.cu", "weight_update.cu",
+              "dense_forward_tf32.cu")
 
     def __init__(self, device, tf32=False):
         if device.kind not in self.device_kinds:
@@ -53,6 +55,7 @@ class CudaBackend(Backend):
         self._gpu = device.kind == "cuda"
         self._tf32_broken = None        # why the TF32 kernel could not be built
         self._partials = {}
+        self._prepared = set()          # dtypes whose emulator builds were started together
 
     @classmethod
     def unavailable_reason(cls, device):
@@ -61,6 +64,11 @@ class CudaBackend(Backend):
     # -- helpers -----------------------------------------------------------
     def _kernel(self, file, dtype, name, include_dirs=()):
         dtype = str(np.dtype(dtype))
+        if not self._gpu and dtype not in self._prepared:    # first use: build all at once
+            self._prepared.add(dtype)
+            files = [f for f in self._FILES if dtype in self._kp.DTYPES[f]
+                     and (self.tf32 or "tf32" not in f)]
+            self._kp.emulator.build_many([(f, self._kp.defines(f, dtype), dtype) for f in files])
         module = self._kp.load(file, None, dtype, self.device, include_dirs=include_dirs)
         return module.get(name)
 
@@ -82,9 +90,9 @@ class CudaBackend(Backend):
             cc = int(self.xp.cuda.Device(self.device.index or 0).compute_capability)
             if cc < self._kp.MIN_ARCH["dense_forward_tf32.cu"]:
                 return None
-            from .. import device as device_module
+            from ..device import cuda_include_path
 
-            path = getattr(device_module, "cuda_include_path", lambda: None)()
+            path = cuda_include_path()
             include = (path,) if path else ()
         try:
             return self._kernel("dense_forward_tf32.cu", dtype, "dense_forward_tf32", include)
