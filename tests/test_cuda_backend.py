@@ -138,3 +138,25 @@ def test_cli_gradcheck_on_the_emulator(backend, capsys):
                  "--layers", "6,5,3"]) == 0
     out = capsys.readouterr().out
     assert f"{backend} backend on cuda-emulator" in out and "PASS" in out
+
+
+def test_tf32_build_failure_falls_back_to_fp32_with_one_warning(dev, monkeypatch):
+    be = CudaBackend(dev, tf32=True)
+    real = be._kernel
+
+    def refuse_tf32(file, dtype, name, include_dirs=()):
+        if "tf32" in file:
+            raise RuntimeError('catastrophic error: cannot open source file "crt/mma.h"')
+        return real(file, dtype, name, include_dirs)
+
+    monkeypatch.setattr(be, "_kernel", refuse_tf32)
+    params, X, _ = problem([65, 33], 40, "float32", seed=4)
+    (W, b), = params
+    with pytest.warns(RuntimeWarning, match="crt/mma.h.*FP32 kernel"):
+        a = be.dense_forward(dev.asarray(X), dev.asarray(W), dev.asarray(b), "identity")
+    assert rel_err(_host(a), forward_ref(X, W, b, "identity")) <= TOL["float32"]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                 # the warning comes once
+        be.dense_forward(dev.asarray(X), dev.asarray(W), dev.asarray(b), "identity")
