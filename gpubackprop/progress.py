@@ -62,14 +62,14 @@ class ProgressBar:
 
     def __init__(self, total, enabled=None, stream=None, epochs=None):
         self.stream = sys.stderr if stream is None else stream
-        self.epochs = epochs
+        self.total, self.epochs = max(int(total), 1), epochs
         self.show_bar = enabled is not False and _isatty(self.stream)
         self.lines = enabled is True or self.show_bar
         self.bar = None
         self._metrics = ""            # the last epoch's numbers, shown in the bar
         self._status = None           # a notice shown until the next update
         if self.show_bar:
-            self.bar = tqdm(total=max(int(total), 1), file=self.stream, dynamic_ncols=True,
+            self.bar = tqdm(total=self.total, file=self.stream, dynamic_ncols=True,
                             mininterval=0.1, leave=True,
                             bar_format="{desc} {percentage:3.0f}%|{bar}| "
                                        "{elapsed}<{remaining}{postfix}")
@@ -79,7 +79,11 @@ class ProgressBar:
             _active.append(self)
 
     def chunk_steps(self, steps_per_epoch):
-        """How many steps to run between redraws (all of them without a bar)."""
+        """How many steps to run between redraws (all of them without a bar).
+        Also tells the bar the epoch length, hence the number of epochs if the
+        caller did not give it."""
+        if self.epochs is None and steps_per_epoch > 0 and self.total % steps_per_epoch == 0:
+            self.epochs = self.total // steps_per_epoch
         return max(1, steps_per_epoch // 20) if self.show_bar else steps_per_epoch
 
     def status(self, text):

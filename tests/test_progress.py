@@ -186,3 +186,11 @@ def test_a_notice_goes_above_the_bar_and_into_it(capsys):
     last = stream.text.split("\r")[-1]
     assert "100%" in last and "loss=0.5000 acc=0.750" in last and "compiling" not in last
     assert capsys.readouterr().out.startswith("epoch   1/1: loss 0.5000")
+
+
+def test_the_epoch_count_follows_from_the_epoch_length(capsys):
+    bar = progress.ProgressBar(30, enabled=True)            # 3 epochs of 10 steps
+    assert bar.chunk_steps(10) == 10 and bar.epochs == 3    # no bar off a terminal
+    bar.epoch_done({"epoch": 2, "loss": 0.25, "time": 0.5})
+    bar.close()
+    assert capsys.readouterr().out == "epoch   2/3: loss 0.2500 | 0.50s\n"
