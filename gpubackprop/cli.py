@@ -94,6 +94,10 @@ def cmd_train(args):
         print(done)
         return 0
     device = gb.device(args.device)
+    if args.backend != "auto":                  # usable here? (before the data loads)
+        reason = gb.backends.unavailable_reason(args.backend, device)
+        if reason is not None:
+            raise ValueError(f"--backend {args.backend}: {reason}")
     split = gb.data.load(args.data, seed=args.seed, dtype=args.dtype)
     n_classes = int(max(split.y_train.max(), split.y_test.max())) + 1
     sizes = args.layers or [split.X_train.shape[1], 30, n_classes]

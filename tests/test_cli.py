@@ -57,6 +57,7 @@ def no_data(monkeypatch):
      "--loss cross_entropy needs --output softmax"),
     (["--loss", "hinge"], "unknown loss 'hinge'"),
     (["--backend", "nupmy"], "unknown --backend 'nupmy'"),
+    (["--backend", "cupy"], "--backend cupy: backend 'cupy' runs on cuda devices, not on cpu"),
     (["--save", "/nonexistent-folder/net.safetensors"], "--save .* folder .* does not exist"),
     (["--checkpoint", "/nonexistent-folder/c.safetensors"], "--checkpoint .* does not exist"),
 ])

@@ -5,6 +5,8 @@ ValueError naming it, after reading no more than the file's own bytes."""
 import json
 import os
 import struct
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -194,3 +196,33 @@ def test_tampered_metadata_is_refused(tmp_path):
     gio.save_file(tmp_path / "v.safetensors", gio.network_arrays(net), meta)
     with pytest.raises(ValueError, match="is not supported"):
         gb.load(tmp_path / "v.safetensors")
+
+
+def test_crafted_files_cost_no_more_memory_than_their_size(tmp_path):
+    """20 tensors each claiming the whole 16 MiB data section (overlapping,
+    as the old .npz reader let a file make it allocate 20x its size), and one
+    tensor claiming 8 TB: refused, with the process's peak memory within a
+    few file sizes (measured in a fresh interpreter)."""
+    data = bytes(16 << 20)
+    overlapping = _raw({"__metadata__": _meta(), **{f"W{i}": _tensor((2 << 20,), 0, 16 << 20)
+                                                     for i in range(20)}}, data)
+    (tmp_path / "overlap.safetensors").write_bytes(overlapping)
+    (tmp_path / "huge.safetensors").write_bytes(_raw({"__metadata__": _meta(), "W0": _tensor(
+        (10 ** 6, 10 ** 6), 0, 8 * 10 ** 12)}, data))
+    code = f"""
+import resource, gpubackprop as gb
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for name in ("overlap", "huge"):
+    try:
+        gb.load({str(tmp_path)!r} + "/" + name + ".safetensors")
+    except ValueError as exc:
+        assert "not a readable safetensors file" in str(exc), exc
+    else:
+        raise SystemExit(name + " was loaded")
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    grown_mib = int(r.stdout.strip())
+    assert grown_mib < 3 * 16 + 16, f"peak memory grew by {grown_mib} MiB"
