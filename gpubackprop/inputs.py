@@ -12,6 +12,7 @@ from .tensor import unwrap
 def features(X, n_in, device, dtype, argument="X"):
     """X as a (batch, n_in) array of `dtype` on `device`."""
     X = unwrap(X)
+    _refuse_masked(X, argument)
     if isinstance(X, (list, tuple)):
         X = _from_sequence(X, argument, f"(batch, {n_in})")
     if not hasattr(X, "shape") or not hasattr(X, "dtype"):
@@ -62,13 +63,15 @@ def _from_sequence(seq, argument, shape):
                          f"nested lists given have rows of different lengths ({exc})") from None
 
 
-def targets(Y, n_out, batch, device, dtype, argument="Y"):
+def targets(Y, n_out, batch, device, dtype, argument="Y", loss=None):
     """Y as a (batch, n_out) array of `dtype` on `device`.
 
     Class indices (batch,) are turned into one-hot rows when the network has
-    n_out > 1 outputs; (batch, n_out) targets are taken as they are.
+    n_out > 1 outputs; (batch, n_out) targets are taken as they are, and for
+    the cross-entropy `loss` they must be distributions (check_distributions).
     """
     Y = unwrap(Y)
+    _refuse_masked(Y, argument)
     if isinstance(Y, (list, tuple)):
         Y = _from_sequence(Y, argument, f"(batch,) or (batch, {n_out})")
     if not hasattr(Y, "shape") or not hasattr(Y, "dtype"):
@@ -87,7 +90,36 @@ def targets(Y, n_out, batch, device, dtype, argument="Y"):
     if Y.ndim != 2 or Y.shape[1] != n_out:
         raise ValueError(f"{argument} must be class indices (batch,) or targets (batch, {n_out}) "
                          f"for a network with {n_out} outputs; got shape {tuple(Y.shape)}")
-    return cast_finite(Y, device, dtype, argument)
+    Y = cast_finite(Y, device, dtype, argument)
+    if loss is not None and getattr(loss, "name", loss) == "cross_entropy":
+        check_distributions(Y, argument)
+    return Y
+
+
+def check_distributions(Y, argument="Y"):
+    """Cross-entropy targets given as rows: each non-negative and summing to 1
+    (within 1e-6, or a few float32 roundings per column); ValueError naming
+    the first bad row.  One read-back when all rows are good."""
+    xp = import_cupy() if is_cupy_array(Y) else np
+    n_out = Y.shape[1]
+    tol = max(1e-6, 4 * n_out * float(np.finfo(Y.dtype).eps))
+    sums = Y.sum(axis=1, dtype=xp.float64)
+    bad = (Y < 0).any(axis=1) | (xp.abs(sums - 1.0) > tol)
+    if not bool(to_host(bad.any())):
+        return
+    i = int(to_host(xp.argmax(bad)))
+    row = to_host(Y[i])
+    raise ValueError(f"{argument} row {i} is not a probability distribution (sum "
+                     f"{float(to_host(sums[i])):.6g}, smallest entry {float(row.min()):.6g}): "
+                     f"cross_entropy targets given as rows must be non-negative and sum to 1 "
+                     f"(within {tol:.1e}); give class indices (batch,) or one-hot rows")
+
+
+def _refuse_masked(X, argument):
+    """A masked array's mask would be ignored silently by the arithmetic."""
+    if isinstance(X, np.ma.MaskedArray):
+        raise TypeError(f"{argument} is a masked array, whose mask the network would ignore; "
+                        f"pass {argument.split()[-1]}.filled(value) or drop the masked rows")
 
 
 def _label(value):

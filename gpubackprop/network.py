@@ -78,8 +78,8 @@ class MLP:
     def _features(self, X):
         return inputs.features(X, self.n_in, self.device, self.dtype)
 
-    def _targets(self, Y, batch):
-        return inputs.targets(Y, self.n_out, batch, self.device, self.dtype)
+    def _targets(self, Y, batch, loss=None):
+        return inputs.targets(Y, self.n_out, batch, self.device, self.dtype, loss=loss)
 
     def feedforward(self, X):
         """Every layer's activation [a_0 = X, a_1, ..., a_L] for checked input X."""
@@ -104,7 +104,7 @@ class MLP:
         """The cost C of the batch (a Python float)."""
         cost = _get_loss(loss, reduction, self.layers[-1].activation)
         X = self._features(X)
-        Y = self._targets(Y, X.shape[0])
+        Y = self._targets(Y, X.shape[0], cost)
         a = self.feedforward(X)[-1]
         return float(to_host(cost.value(a, Y, self.layers[-1].activation, self.device.xp)))
 
@@ -112,7 +112,7 @@ class MLP:
         """dC/dW and dC/db of every layer: a list of (dW, db), shapes of (W, b)."""
         cost = _get_loss(loss, reduction, self.layers[-1].activation)
         X = self._features(X)
-        Y = self._targets(Y, X.shape[0])
+        Y = self._targets(Y, X.shape[0], cost)
         a = self.feedforward(X)
         deltas = self.backward(a, Y, cost)
         scale = cost.scale(X.shape[0], self.n_out)

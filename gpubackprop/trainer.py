@@ -75,7 +75,8 @@ class Trainer:
     def _data(self, X, Y, name):
         net = self.net
         X = inputs.features(X, net.n_in, net.device, net.dtype, argument=f"{name} X")
-        Y = inputs.targets(Y, net.n_out, X.shape[0], net.device, net.dtype, argument=f"{name} Y")
+        Y = inputs.targets(Y, net.n_out, X.shape[0], net.device, net.dtype, argument=f"{name} Y",
+                           loss=self.loss)
         return X, Y
 
     def evaluate(self, X, Y, chunk=8192):

@@ -118,7 +118,9 @@ def test_hyperparameters_changed_after_construction_are_checked_at_fit(attr, val
     net = gb.MLP.from_sizes([5, 3], backend="numpy")
     before = net.layers[0].W.numpy().copy()
     t = gb.Trainer(net, optimizer=gb.SGD(lr=0.1), batch_size=4)
-    setattr(t.optimizer, attr, value)
-    with pytest.raises(ValueError, match=fragment):
+    with pytest.raises(ValueError, match=fragment):       # refused where it is set
+        setattr(t.optimizer, attr, value)
+    object.__setattr__(t.optimizer, "_" + attr, value)    # slipped past the property
+    with pytest.raises(ValueError, match=fragment):       # and again at fit
         t.fit(X, y)
     assert np.array_equal(net.layers[0].W.numpy(), before)

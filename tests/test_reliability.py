@@ -387,3 +387,54 @@ def test_a_dense_in_two_networks_is_refused_and_copy_is_independent():
     del first, twin                               # a layer whose network is gone is free
     gc.collect()
     gb.MLP([layer, gb.Dense(4, 2)], backend="numpy")
+
+
+# -- 11: cross-entropy targets are distributions; masked arrays are refused -----------------------
+@pytest.mark.parametrize("row, fragment", [
+    ([1.0, 1.0, 0.0], "sum 2, smallest entry 0"),
+    ([0.0, 0.0, 0.0], "sum 0, smallest entry 0"),
+    ([1.5, -0.5, 0.0], "sum 1, smallest entry -0.5"),
+])
+def test_cross_entropy_targets_must_be_distributions(row, fragment):
+    X, y = _data()
+    Y = np.eye(3)[y]
+    Y[7] = row
+    t = _trainer()
+    for call in (lambda: t.fit(X, Y), lambda: t.net.loss(X, Y, loss="cross_entropy"),
+                 lambda: t.net.gradients(X, Y, loss="cross_entropy")):
+        with pytest.raises(ValueError, match=rf"Y row 7 is not a probability distribution "
+                                             rf"\({fragment}\)"):
+            call()
+    assert len(t.history) == 0
+
+
+def test_soft_cross_entropy_targets_and_squared_losses_are_accepted():
+    X, _ = _data()
+    rng = np.random.default_rng(3)
+    soft = rng.dirichlet(np.ones(3), N).astype(np.float32)          # rows sum to 1 +- 1e-7
+    net = gb.MLP.from_sizes([5, 4, 3], output_activation="softmax", dtype="float32",
+                            backend="numpy")
+    assert np.isfinite(net.loss(X, soft, loss="cross_entropy"))
+    doubled = 2 * soft                                                # fine for sse
+    sse = gb.MLP.from_sizes([5, 4, 3], backend="numpy")
+    assert np.isfinite(sse.loss(X, doubled))
+
+
+def test_masked_arrays_are_refused():
+    X, y = _data()
+    net = gb.MLP.from_sizes([5, 4, 3], backend="numpy")
+    with pytest.raises(TypeError, match=r"X is a masked array.*X.filled\(value\)"):
+        net.forward(np.ma.masked_greater(X, 1.0))
+    with pytest.raises(TypeError, match=r"training Y is a masked array.*Y.filled\(value\)"):
+        _trainer().fit(X, np.ma.masked_equal(y, 0))
+
+
+# -- 10: set_params before the layer joins a network ----------------------------------------------
+def test_set_params_before_the_layer_joins_a_network():
+    layer = gb.Dense(2, 3)
+    layer.set_params(W=np.arange(6.0).reshape(3, 2), b=[1.0, 2.0, 3.0])
+    net = gb.MLP([layer], backend="numpy")
+    assert np.array_equal(net.layers[0].W.numpy(), np.arange(6.0).reshape(3, 2))
+    assert np.array_equal(net.layers[0].b.numpy(), [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match=r"W of Dense\(2, 3\) must have shape \(3, 2\)"):
+        gb.Dense(2, 3).set_params(W=np.zeros((2, 3)))
