@@ -18,7 +18,6 @@ import hashlib
 import os
 import pathlib
 import re
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -28,7 +27,6 @@ import numpy as np
 from . import CPU_RUNTIME_DIR, KERNEL_DIR, _path, check_launch, check_optin, \
     kernel_parameters, source
 
-COMPILERS = ("g++", "clang++")
 FLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-U_FORTIFY_SOURCE",
          "-fvisibility=hidden")
 DEFAULT_CACHE = pathlib.Path.home() / ".cache" / "gpubackprop" / "emulator"
@@ -37,29 +35,11 @@ _ALIGN = re.compile(r"__align__\s*\(\s*\d+\s*\)")
 _ERR_LEN = 1024
 
 
-@functools.lru_cache(maxsize=None)
 def find_compiler(compiler=None):
-    """(path, version line) of the C++17 compiler: `compiler` if given, else the
-    first of g++ / clang++ that builds a C++17 program; RuntimeError saying
-    which were tried and why each failed when none does."""
-    tried = []
-    for name in ([compiler] if compiler else COMPILERS):
-        path = shutil.which(name)
-        if path is None:
-            tried.append(f"{name}: not found on PATH")
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            src = pathlib.Path(tmp) / "probe.cpp"
-            src.write_text("#include <ucontext.h>\ninline thread_local int x;\n"
-                           "int main() { if constexpr (true) return x; }\n")
-            proc = subprocess.run([path, "-std=c++17", "-o", str(src.with_suffix("")), str(src)],
-                                  capture_output=True, text=True)
-        if proc.returncode != 0:
-            tried.append(f"{name}: cannot build C++17 ({_first_lines(proc.stderr, 2)})")
-            continue
-        version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
-        return path, version.splitlines()[0] if version else name
-    raise RuntimeError("the cuda-emulator needs a C++17 compiler; tried " + "; ".join(tried))
+    """(path, version line) of the C++17 compiler (gpubackprop.device.find_cxx17)."""
+    from gpubackprop.device import find_cxx17
+
+    return find_cxx17(compiler)
 
 
 def _first_lines(text, n):
