@@ -225,15 +225,49 @@ def available_devices():
         (["cuda-emulator"] if emulator_status()[0] else [])
 
 
+#: the C++17 compilers the cuda-emulator tries, in order
+EMULATOR_COMPILERS = ("g++", "clang++")
+
+
+@functools.lru_cache(maxsize=None)
+def find_cxx17(compiler=None):
+    """(path, version line) of the C++17 compiler the cuda-emulator builds
+    kernels with: `compiler` if given, else the first of EMULATOR_COMPILERS
+    that builds a small C++17 program; RuntimeError saying which were tried
+    and why each failed when none does."""
+    import pathlib
+    import shutil
+    import subprocess
+    import tempfile
+
+    tried = []
+    for name in ([compiler] if compiler else EMULATOR_COMPILERS):
+        path = shutil.which(name)
+        if path is None:
+            tried.append(f"{name}: not found on PATH")
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            src = pathlib.Path(tmp) / "probe.cpp"
+            src.write_text("#include <ucontext.h>\ninline thread_local int x;\n"
+                           "int main() { if constexpr (true) return x; }\n")
+            proc = subprocess.run([path, "-std=c++17", "-o", str(src.with_suffix("")), str(src)],
+                                  capture_output=True, text=True)
+        if proc.returncode != 0:
+            first = (proc.stderr.strip().splitlines() or ["no message"])[0]
+            tried.append(f"{name}: cannot build C++17 ({first})")
+            continue
+        version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+        return path, version.splitlines()[0] if version else name
+    raise RuntimeError("the cuda-emulator needs a C++17 compiler; tried " + "; ".join(tried))
+
+
 @functools.lru_cache(maxsize=1)
 def emulator_status():
     """(compiler, reason): the C++17 compiler the cuda-emulator device builds
-    kernels with ("g++ (Debian 12.2.0) ..."), or None and why there is none
-    (which compilers were tried)."""
-    from .backends.gpu_common import kernels_package
-
+    kernels with ("g++ (Debian 12.2.0) ... (/usr/bin/g++)"), or None and why
+    there is none (which compilers were tried)."""
     try:
-        path, version = kernels_package().emulator.find_compiler()
+        path, version = find_cxx17()
     except RuntimeError as exc:
         return None, str(exc)
     return f"{version} ({path})", ""

@@ -1,6 +1,6 @@
-"""The implementations timed side by side: ours, scikit-learn, the GEMM-only
-time, and the factory that builds every case of a regime (PyTorch and JAX
-are in frameworks.py).
+"""The implementations timed side by side: ours, scikit-learn and the
+GEMM-only time (PyTorch and JAX are in frameworks.py; run.make_cases builds
+every case of a regime).
 
 A case trains one regime on one device: `run()` does the regime's SGD steps
 (one epoch over the same float32 data every implementation gets) and waits
@@ -182,50 +182,3 @@ class GemmCase(Case):
                 xp.matmul(delta[l].T, a[l - 1] if l else x, out=nabla_W[l])
                 if l:
                     xp.matmul(delta[l], W[l], out=delta[l - 1])
-
-
-def make_cases(device, regime, data, params, peers, all_backends=False, trainer_options=None,
-               seed=0):
-    """The cases of one regime on one device, ours first; `params` are
-    initial_params(regime, seed), the weights ours starts from with `seed`.
-
-    Returns (cases, skipped) where skipped is [(impl, reason)] for the
-    implementations that cannot run here."""
-    from .frameworks import JaxCase, TorchCase
-
-    specs = [("gpubackprop",
-              lambda: OursCase(device, regime, data, seed=seed, trainer_options=trainer_options))]
-    if all_backends:
-        from .. import backends
-        from ..device import device as get_device
-
-        dev = get_device(device)
-        auto = backends.create("auto", dev).name
-        for name, why in backends.available(dev).items():
-            if name == auto:
-                continue
-            if why is None:
-                specs.append((f"gpubackprop[{name}]", lambda n=name: OursCase(
-                    device, regime, data, backend=n, seed=seed,
-                    trainer_options=trainer_options)))
-    for mode in ("eager", "graphs", "compile"):
-        if f"torch-{mode}" in peers:
-            specs.append((f"torch-{mode}",
-                          lambda m=mode: TorchCase(device, regime, data, params, m, seed)))
-    if "jax" in peers:
-        specs.append(("jax", lambda: JaxCase(device, regime, data, params, seed)))
-    if "sklearn" in peers:
-        specs.append(("sklearn", lambda: SklearnCase(device, regime, data, seed)))
-    if "floor" in peers:
-        specs.append(("floor", lambda: GemmCase(device, regime, data, params)))
-    cases, skipped = [], []
-    for impl, make in specs:
-        try:
-            cases.append(make())
-        except Skip as exc:
-            skipped.append((impl, str(exc)))
-        except Exception as exc:
-            if impl == "gpubackprop":
-                raise               # ours failing is a bug to see, not a skip
-            skipped.append((impl, f"failed to set up: {type(exc).__name__}: {exc}"))
-    return cases, skipped

@@ -5,7 +5,8 @@ import datetime
 
 from . import machine as _machine
 from .cases import PEERS, PROFILES, REGIME_NAMES, make_data, initial_params
-from .peers import make_cases
+from .frameworks import JaxCase, TorchCase
+from .peers import GemmCase, OursCase, Skip, SklearnCase
 from .timing import crossover, rows, time_cases
 
 SCHEMA = "gpubackprop.bench/2"
@@ -68,6 +69,51 @@ def check_choice(what, chosen, allowed):
         raise ValueError(f"{what} must be a comma-separated subset of {','.join(allowed)}; "
                          f"got {','.join(chosen) or 'nothing'}")
     return list(dict.fromkeys(chosen))
+
+
+def make_cases(device, regime, data, params, peers, all_backends=False, trainer_options=None,
+               seed=0):
+    """The cases of one regime on one device, ours first; `params` are
+    initial_params(regime, seed), the weights ours starts from with `seed`.
+
+    Returns (cases, skipped) where skipped is [(impl, reason)] for the
+    implementations that cannot run here."""
+    specs = [("gpubackprop",
+              lambda: OursCase(device, regime, data, seed=seed, trainer_options=trainer_options))]
+    if all_backends:
+        from .. import backends
+        from ..device import device as get_device
+
+        dev = get_device(device)
+        auto = backends.create("auto", dev).name
+        for name, why in backends.available(dev).items():
+            if name == auto:
+                continue
+            if why is None:
+                specs.append((f"gpubackprop[{name}]", lambda n=name: OursCase(
+                    device, regime, data, backend=n, seed=seed,
+                    trainer_options=trainer_options)))
+    for mode in ("eager", "graphs", "compile"):
+        if f"torch-{mode}" in peers:
+            specs.append((f"torch-{mode}",
+                          lambda m=mode: TorchCase(device, regime, data, params, m, seed)))
+    if "jax" in peers:
+        specs.append(("jax", lambda: JaxCase(device, regime, data, params, seed)))
+    if "sklearn" in peers:
+        specs.append(("sklearn", lambda: SklearnCase(device, regime, data, seed)))
+    if "floor" in peers:
+        specs.append(("floor", lambda: GemmCase(device, regime, data, params)))
+    cases, skipped = [], []
+    for impl, make in specs:
+        try:
+            cases.append(make())
+        except Skip as exc:
+            skipped.append((impl, str(exc)))
+        except Exception as exc:
+            if impl == "gpubackprop":
+                raise               # ours failing is a bug to see, not a skip
+            skipped.append((impl, f"failed to set up: {type(exc).__name__}: {exc}"))
+    return cases, skipped
 
 
 def run_bench(profile="quick", device="auto", regimes=None, peers=None, repeats=None,
