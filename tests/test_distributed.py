@@ -440,3 +440,18 @@ def test_readme_script_runs_on_two_ranks(tmp_path):
     results = [(tmp_path / f"rank{r}").read_text().split() for r in (0, 1)]
     assert results[0] == results[1] and results[0][0] == "2"     # the same accuracy
     assert float(results[0][1]) > 0.8
+
+
+@needs_mpi
+def test_bench_scaling_rows():
+    from gpubackprop.distributed.scaling import bench_scaling
+
+    rows = bench_scaling(ranks=(1, 2), sizes=(8, 6, 3), batch_size=16, n=128, epochs=2,
+                         dtype="float64", timeout=TIMEOUT)
+    assert [(r["mode"], r["ranks"], r["global_batch"]) for r in rows] == [
+        ("strong", 1, 16), ("strong", 2, 16), ("weak", 1, 16), ("weak", 2, 32)]
+    assert [r["comm_backend"] for r in rows] == ["local", "mpi"] * 2
+    for r in rows:
+        assert r["seconds_per_epoch"] > 0 and r["efficiency"] > 0
+        assert r["samples_per_s"] == pytest.approx(128 / r["seconds_per_epoch"])
+    assert rows[0]["efficiency"] == rows[2]["efficiency"] == 1.0
