@@ -20,16 +20,17 @@ the one-rank communicator, which needs nothing and changes nothing.
 """
 import sys
 
-from .comm import (CollectiveMismatchError, Communicator, ConfigMismatchError, DesyncError,
-                   MPIComm, max_shard_rows, shard_bounds)
+from .comm import (MPI_HINT, CollectiveMismatchError, Communicator, ConfigMismatchError,
+                   DesyncError, MPIComm, max_shard_rows, shard_bounds)
+from .scaling import bench_scaling
 from .training import agree_on_run, broadcast_start, check_in_sync
 
 BACKENDS = (None, "local", "mpi", "nccl")
-MPI_HINT = ('install MPI for Python: pip install "gpubackprop[mpi]" (mpi4py and the mpich '
-            "wheel), or load your site's MPI and pip install mpi4py")
 
-__all__ = ["BACKENDS", "CollectiveMismatchError", "Communicator", "ConfigMismatchError",
-           "DesyncError", "MPIComm", "agree_on_run", "broadcast_start", "check_in_sync", "init", "local", "max_shard_rows", "shard_bounds"]
+__all__ = ["BACKENDS", "MPI_HINT", "CollectiveMismatchError", "Communicator",
+           "ConfigMismatchError", "DesyncError", "MPIComm", "agree_on_run", "bench_scaling",
+           "broadcast_start", "check_in_sync", "init", "local", "max_shard_rows",
+           "shard_bounds"]
 
 
 def init(backend=None, deterministic=False, debug=False, timeout=600.0):

@@ -22,6 +22,8 @@ ranks that call different collectives get an error instead of a hang.
 import numpy as np
 
 FLOAT_DTYPES = ("float32", "float64")
+MPI_HINT = ('install MPI for Python: pip install "gpubackprop[mpi]" (mpi4py and the mpich '
+            "wheel), or load your site's MPI and pip install mpi4py")
 
 
 class ConfigMismatchError(ValueError):

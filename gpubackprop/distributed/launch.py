@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import sys
 
-from . import MPI_HINT
+from .comm import MPI_HINT
 
 def find_mpiexec():
     """The path of the installed MPI's mpiexec; RuntimeError with the
