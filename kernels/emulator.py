@@ -53,6 +53,9 @@ def _wrapper(path, text):
     # extern __shared__ arrays: defined here with room for the largest opt-in
     dyn = sorted({(name, _ALIGN.sub("", ctype).strip())
                   for ctype, name in _EXTERN_SHARED.findall(text)})
+    if len(dyn) > 8:
+        raise RuntimeError(f"{path}: {len(dyn)} extern __shared__ arrays; the cuda-emulator "
+                           f"takes at most 8 (GBEMU_MAX_DYN)")
     lines = [f'#include "{path}"', "#define GBEMU_MAX_SMEM (227 * 1024)"]
     lines += [f"alignas(128) thread_local {c} {d}[GBEMU_MAX_SMEM / sizeof({c})];" for d, c in dyn]
     lines += ["static int gbemu_dynamic_shared(unsigned char** out)", "{"]

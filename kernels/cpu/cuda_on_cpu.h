@@ -389,16 +389,20 @@ extern "C" GBEMU_API void gbemu_set_schedule(int order) { gbemu::schedule_order 
 
 // GBEMU_EXPORT(K): the ctypes entry points of kernel K.  The including file
 // defines `static int gbemu_dynamic_shared(unsigned char** out)`, which lists
-// its extern __shared__ arrays (the loader generates it).
-#define GBEMU_EXPORT(K)                                                                   \
-    extern "C" GBEMU_API const char* gbemu_signature_##K() { return gbemu::signature(&K); }         \
-    extern "C" GBEMU_API int gbemu_launch_##K(const unsigned* grid, const unsigned* block,          \
-                                    unsigned long long smem, void** args, char* err,      \
-                                    size_t errlen)                                        \
-    {                                                                                     \
-        unsigned char* dyn[8];                                                            \
-        const int n_dyn = gbemu_dynamic_shared(dyn);                                      \
-        return gbemu::launch(#K, &K, grid, block, smem, args, dyn, n_dyn, err, errlen);   \
+// its extern __shared__ arrays, at most GBEMU_MAX_DYN (the loader generates it).
+#define GBEMU_MAX_DYN 8
+#define GBEMU_EXPORT(K)                                                                  \
+    extern "C" GBEMU_API const char* gbemu_signature_##K()                               \
+    {                                                                                    \
+        return gbemu::signature(&K);                                                     \
+    }                                                                                    \
+    extern "C" GBEMU_API int gbemu_launch_##K(const unsigned* grid, const unsigned* block, \
+                                              unsigned long long smem, void** args,      \
+                                              char* err, size_t errlen)                  \
+    {                                                                                    \
+        unsigned char* dyn[GBEMU_MAX_DYN];                                               \
+        const int n_dyn = gbemu_dynamic_shared(dyn);                                     \
+        return gbemu::launch(#K, &K, grid, block, smem, args, dyn, n_dyn, err, errlen);  \
     }
 
 #endif  // GPUBACKPROP_CUDA_ON_CPU_H
