@@ -140,7 +140,11 @@ def cmd_train(args):
 def cmd_gradcheck(args):
     import gpubackprop as gb
     from gpubackprop.activations import HIDDEN_NAMES
+    from gpubackprop.checks import positive_int, real
 
+    positive_int("--batch", args.batch)            # before any network is built
+    real("--tol", args.tol, low=0.0, low_open=True)
+    positive_int("--seed", args.seed, minimum=0)
     rng = np.random.default_rng(args.seed)
     sizes = args.layers or [7, 5, 4, 3]
     X = rng.normal(size=(args.batch, sizes[0]))
@@ -173,10 +177,11 @@ def cmd_explain(args):
 
 
 def _cuda_hint(reason):
-    """What to do about an unusable CUDA, by what is missing."""
+    """What to do about an unusable CUDA, by what is missing: CuPy, a GPU, or
+    a driver that works (device.cuda_status says which)."""
     if "CuPy could not be imported" in reason:
         return "pip install 'gpubackprop[cuda12]' (or [cuda13]) for CuPy"
-    if "no CUDA device" in reason:
+    if "no CUDA device" in reason or "NoDevice" in reason or "no CUDA-capable" in reason:
         return ("no NVIDIA GPU here: the CPU backends run, and the cuda-emulator device "
                 "runs the CUDA C kernels on the CPU")
     return "install or update the NVIDIA driver (nvidia-smi should list the GPU)"
@@ -300,6 +305,9 @@ def main(argv=None):
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())   # the exit's own flush goes nowhere
         return 1
+    except KeyboardInterrupt as exc:   # Ctrl-C: fit stopped at a step boundary; one line
+        print(f"gpubackprop {args.command}: {exc or 'interrupted'}", file=sys.stderr)
+        return 130
     except (ValueError, TypeError, RuntimeError, OSError) as exc:
         print(f"gpubackprop {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -126,6 +126,21 @@ def test_info_lists_every_backend_for_every_device_kind(capsys):
         assert re.search(r"^  cuda: CUDA is not usable.*\n    hint: ", out, re.M)
 
 
+@pytest.mark.parametrize("reason, hint", [
+    ("CUDA is not usable: CuPy could not be imported (No module named 'cupy')",
+     "pip install 'gpubackprop[cuda12]'"),
+    ("CUDA is not usable: no CUDA device found", "no NVIDIA GPU here"),
+    ("CUDA is not usable: the CUDA runtime reports cudaErrorNoDevice: no CUDA-capable "
+     "device is detected", "no NVIDIA GPU here"),
+    ("CUDA is not usable: the CUDA runtime reports cudaErrorInsufficientDriver: CUDA driver "
+     "version is insufficient for CUDA runtime version", "update the NVIDIA driver"),
+])
+def test_info_hint_matches_what_is_missing(reason, hint):
+    from gpubackprop.cli import _cuda_hint
+
+    assert hint in _cuda_hint(reason)
+
+
 def test_info_survives_a_closed_pipe(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "gpubackprop", "info"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
