@@ -41,6 +41,7 @@ class Checkpoint:
         self.n_samples = int(n_samples)
         self.trainer = trainer
         self._lock = None
+        self.saved = None       # (epoch, step) of the checkpoint this run wrote or resumed
 
     @property
     def n_steps(self):
@@ -100,6 +101,7 @@ class Checkpoint:
                 "epoch": int(epoch), "step": int(step), "rng_state": rng_state,
                 "n_correct": int(n_correct), "history": t.history.records}
         save_file(self.path, arrays, meta, what="checkpoint")
+        self.saved = (int(epoch), int(step))
 
     # -- reading ----------------------------------------------------------------
     def restore(self):
@@ -124,6 +126,7 @@ class Checkpoint:
         t.state = state
         t.rng.bit_generator.state = rng_state
         t.history = History(history)
+        self.saved = (epoch, step)
         return epoch, step, partial
 
     def _bad(self, problem):

@@ -111,6 +111,8 @@ def load_file(path, expected_format, expected_version, json_keys=()):
     from safetensors.numpy import load
 
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a folder; give the path of a file in it")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path}")
     size = os.path.getsize(path)

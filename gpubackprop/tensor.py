@@ -19,6 +19,12 @@ class Tensor:
     def __init__(self, array, device=None, dtype=None):
         if isinstance(array, Tensor):
             array = array.data
+        if isinstance(array, (list, tuple)):
+            try:
+                array = np.asarray(array)
+            except ValueError as exc:        # NumPy's "inhomogeneous shape"
+                raise ValueError("array must be rectangular: the nested lists given have "
+                                 f"rows of different lengths ({exc})") from None
         if device is None:
             device = "cuda:%d" % array.device.id if is_cupy_array(array) else "cpu"
         self.device = get_device(device)

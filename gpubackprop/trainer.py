@@ -11,6 +11,7 @@ network's device once; the host reads back a few numbers per epoch.
 import contextlib
 import math
 import os
+import signal
 import threading
 import time
 import weakref
@@ -59,6 +60,7 @@ class Trainer:
                             f"got {type(comm).__name__}")
         self.comm = comm
         self.history = History()
+        self._interrupted = False       # set by Ctrl-C during fit (see _deferred_interrupt)
         #: the optimizer's state (optim.SGDState), made on the first fit
         self.state = None
 
@@ -153,9 +155,11 @@ class Trainer:
         if net.device.kind == "cuda":
             self._check_memory(X, validation)
         try:
-            with _exclusive(net):        # one fit at a time on a network (RuntimeError)
+            with _exclusive(net), _deferred_interrupt(self):   # one fit per network; Ctrl-C
                 return self._fit(X, Y, epochs, validation, ckpt, checkpoint_every, resume,
                                  progress, callback)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(_interrupted_message(ckpt)) from None
         except oom as exc:
             n = _rows(X)
             raise memory.out_of_memory_error(
@@ -281,7 +285,10 @@ class Trainer:
         backend = net.backend
         if self.optimizer.fused_record() is not None and backend.fuses(hyper):
             if not comm.communicates:
-                return backend.train_epoch(net.params, self.state, X, Y, order, hyper)
+                out = backend.train_epoch(net.params, self.state, X, Y, order, hyper)
+                if self._interrupted:       # Ctrl-C: stop after this run of steps
+                    raise KeyboardInterrupt
+                return out
             comm.say_once("fused", f"backend {backend.name!r} fuses the gradient with the "
                           "update, so data-parallel training runs the trainer's loop instead")
         xp, bs = backend.xp, self.batch_size
@@ -292,6 +299,8 @@ class Trainer:
             cost, correct = self._update_mini_batch(X, Y, order[s * bs:(s + 1) * bs], hyper)
             step_costs[s] = cost
             n_correct += correct
+            if self._interrupted:           # Ctrl-C: stop at this step boundary
+                raise KeyboardInterrupt
         if comm.communicates:      # each rank saw its shard: add them up, as float64
             step_costs, n_correct = _global_sums(comm, xp, step_costs, n_correct)
         finite = xp.isfinite(step_costs)
@@ -410,6 +419,47 @@ def _exclusive(net):
         with _BUSY_LOCK:
             for obj in held:
                 _BUSY.pop(obj, None)
+
+
+@contextlib.contextmanager
+def _deferred_interrupt(trainer):
+    """Ctrl-C during fit lets the step under way finish (a step updates the
+    layers one after another: stopping inside one would leave the network
+    half updated, and a checkpoint half written), then raises
+    KeyboardInterrupt at the step boundary; a second Ctrl-C stops at once.
+    Only in the main thread, when SIGINT has Python's default handler, and
+    not in data-parallel runs (every rank must stop at the same step)."""
+    trainer._interrupted = False
+    if (threading.current_thread() is not threading.main_thread() or trainer.comm.communicates
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+
+    def handler(signum, frame):
+        if trainer._interrupted:
+            raise KeyboardInterrupt
+        trainer._interrupted = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        trainer._interrupted = False
+
+
+def _interrupted_message(ckpt):
+    """The one line for an interrupted fit: where the last good checkpoint is."""
+    msg = "training interrupted; the network holds the parameters of the last completed step"
+    if ckpt is None:
+        return msg + "; no checkpoint (pass checkpoint=PATH to keep the progress of a run)"
+    if ckpt.saved is not None:
+        epoch, step = ckpt.saved
+        return msg + (f"; the last good checkpoint is {ckpt.path} (epoch {epoch}, step "
+                      f"{step}); resume=True continues from there")
+    if ckpt.exists():
+        return msg + f"; the checkpoint {ckpt.path} is as it was before this run"
+    return msg + f"; no checkpoint was written yet at {ckpt.path}"
 
 
 def _rows(X):

@@ -310,6 +310,16 @@ BAD_CALLS = [
      r"\(24,\) of uint8 = 24 bytes, more than the limit of 10 bytes"),
     ("mnist_max_bytes", lambda c: gb.data.load_mnist(c.tmp, max_bytes=0), ValueError,
      "max_bytes must be an integer >= 1; got 0"),
+    ("tensor_ragged", lambda c: gb.Tensor([[1.0, 2.0], [3.0]]), ValueError,
+     "array must be rectangular: the nested lists given have rows of different lengths"),
+    ("load_folder", lambda c: gb.load(c.tmp), IsADirectoryError,
+     "is a folder; give the path of a file in it"),
+    ("targets_ce_not_distribution",
+     lambda c: gb.MLP.from_sizes([3, 2], output_activation="softmax").loss(
+         c.X, np.ones((N, 2)), loss="cross_entropy"), ValueError,
+     r"Y row 0 is not a probability distribution \(sum 2, smallest entry 1\)"),
+    ("forward_masked", lambda c: c.net.forward(np.ma.masked_less(c.X, 0)), TypeError,
+     r"X is a masked array, whose mask the network would ignore"),
     # -- memory --------------------------------------------------------------------------------
     ("estimate_batch", lambda c: memory.estimate(c.net, 0, 10), ValueError,
      "batch_size must be an integer >= 1"),
