@@ -192,7 +192,7 @@ class EmulatedKernel:
     def _argument(self, i, code, value):
         pname = self.params[i] if i < len(self.params) else f"#{i}"
         where = f"kernel {self.name}: parameter {i} ({pname})"
-        if code.startswith("P"):
+        if code[0] in "PR":
             want = _POINTEES[code[1:]]
             if not isinstance(value, np.ndarray):
                 raise TypeError(f"{where} is a pointer to {np.dtype(want)}; got "
@@ -203,6 +203,8 @@ class EmulatedKernel:
             if not value.flags.c_contiguous:
                 raise TypeError(f"{where} needs a C-contiguous array; got strides "
                                 f"{value.strides} for shape {value.shape}")
+            if code[0] == "P" and not value.flags.writeable:
+                raise TypeError(f"{where} is written by the kernel; got a read-only array")
             return ctypes.c_void_p(value.ctypes.data)
         scalar, ctype = _SCALARS[code]
         if type(value) is not scalar:

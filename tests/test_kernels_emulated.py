@@ -151,6 +151,22 @@ def test_argument_types_are_checked_against_the_kernel():
             fn((1, 1), (256,), args)
     with pytest.raises(TypeError, match="takes 8 arguments"):
         fn((1, 1), (256,), good[:7])
+    frozen = out.copy()
+    frozen.flags.writeable = False
+    with pytest.raises(TypeError, match=r"parameter 3 \(out\) is written by the kernel"):
+        fn((1, 1), (256,), good[:3] + [frozen] + good[4:])
+    frozen_in = a.copy()
+    frozen_in.flags.writeable = False                  # const REAL*: read-only is fine
+    fn((1, 1), (256,), [frozen_in] + good[1:])
+    assert fn.signature == ("Rf", "Rf", "Rf", "Pf", "i", "i", "i", "i")
+
+
+def test_no_compiler_is_a_one_line_reason_naming_what_was_tried():
+    from gpubackprop.device import find_cxx17
+
+    with pytest.raises(RuntimeError, match="needs a C\\+\\+17 compiler; tried no-such-c\\+\\+: "
+                                           "not found on PATH"):
+        find_cxx17("no-such-c++")
 
 
 def test_launch_limits_are_those_of_sm90():

@@ -340,7 +340,8 @@ inline std::string type_code()
 {
     typedef typename std::remove_cv<T>::type U;
     if constexpr (std::is_pointer<U>::value) {
-        return "P" + type_code<typename std::remove_pointer<U>::type>();
+        typedef typename std::remove_pointer<U>::type V;   // "P": writable, "R": read-only
+        return (std::is_const<V>::value ? "R" : "P") + type_code<V>();
     } else {
         static_assert(code<U>::c != nullptr,
                       "cuda_on_cpu.h: a kernel parameter type the emulator's launcher "
@@ -349,7 +350,8 @@ inline std::string type_code()
     }
 }
 
-// "Pf,Pf,i,d": the kernel's parameter types, for the Python side's checks
+// "Rf,Pf,i,d": the kernel's parameter types, for the Python side's checks
+// (R = pointer to const, P = pointer the kernel may write through)
 template <class... A>
 inline const char* signature(void (*)(A...))
 {
