@@ -1,11 +1,13 @@
 """IDX test files: encode arrays as IDX bytes (headers may lie), fake MNIST
 folders, and the peak traced memory of a call (for tests/test_idx.py and
-tests/test_data.py)."""
+tests/test_data.py), and a memory limit for fuzzing loaders."""
+import contextlib
 import gzip
 import struct
 import tracemalloc
 
 import numpy as np
+import pytest
 
 IDX_CODES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -63,3 +65,28 @@ def peak_memory(call):
         return out, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+@contextlib.contextmanager
+def limited_memory(extra_bytes):
+    """Run the block with the process's data segment (heap and anonymous
+    mmaps, Rust's and C's allocations included, which tracemalloc does not
+    see) limited to what it uses now plus `extra_bytes`: a loader that
+    believes a header and allocates its claim fails with MemoryError.
+    Linux only (skips elsewhere); the limit is lifted afterwards."""
+    import resource
+
+    try:
+        with open("/proc/self/status") as f:
+            used_kib = int(f.read().split("VmData:")[1].split()[0])
+    except (OSError, IndexError, ValueError):
+        pytest.skip("no /proc/self/status: the memory limit needs Linux")
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    limit = used_kib * 1024 + extra_bytes
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
