@@ -251,3 +251,58 @@ def test_activation_codes_come_from_activations_py_only():
     d = KP.activation_defines()
     assert {k[len("GB_ACT_"):].lower(): v for k, v in d.items() if k.startswith("GB_ACT_")} \
         == activations.CODES
+
+
+def test_gpu_side_of_the_seam_with_a_recording_cupy(monkeypatch):
+    """kernels.load on a "cuda" device hands CuPy's RawModule the inlined source
+    and the same -D defines (plus -I folders), and a launch goes through the
+    same sm_90 checks before reaching the RawKernel.  CuPy is a recording fake
+    here: nothing runs, the plumbing is what is checked."""
+    import sys
+    import types
+
+    from gpubackprop.device import Device
+
+    calls = []
+
+    class RawKernel:
+        def __call__(self, grid, block, args, shared_mem=0, stream=None):
+            calls.append(("launch", grid, block, args, shared_mem))
+
+    class RawModule:
+        def __init__(self, code, options):
+            calls.append(("module", code, options))
+
+        def compile(self):
+            pass
+
+        def get_function(self, name):
+            return RawKernel()
+
+    class Dev:
+        def __init__(self, index):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    cupy = types.SimpleNamespace(RawModule=RawModule, cuda=types.SimpleNamespace(Device=Dev))
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    from gpubackprop.kernels import gpu
+
+    gpu.load.cache_clear()
+    m = KP.load("weight_update.cu", None, "float64", Device("cuda", 0), include_dirs=("/inc",))
+    (_, code, options), = calls
+    assert code == KP.source("weight_update.cu") and '#include "' not in code
+    assert set(options) == set(KP.options("weight_update.cu", "float64")) | {"-I/inc"}
+    fn = m.get("update_reduce")
+    fn(3, (256,), (1, 2))
+    assert calls[-1] == ("launch", (3, 1, 1), (256, 1, 1), (1, 2), 0)
+    with pytest.raises(KP.LaunchError, match="1536 threads"):
+        fn(1, (512, 3), ())
+    with pytest.raises(KeyError, match="no kernel 'nope'"):
+        m.get("nope")
+    gpu.load.cache_clear()
