@@ -21,6 +21,10 @@ import dataclasses
 import numpy as np
 
 
+def plural(n, word):
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 @dataclasses.dataclass(frozen=True)
 class Regime:
     """One training recipe: shapes, activations, loss, lr, batch and steps per run."""
@@ -62,8 +66,8 @@ class Regime:
 
     def describe(self):
         return (f"{list(self.sizes)} {self.activation} -> {self.output}, {self.loss}, "
-                f"batch {self.batch}, {self.steps} steps ({self.samples} samples) per run, "
-                f"lr {self.lr}, float32")
+                f"batch {self.batch}, {plural(self.steps, 'step')} ({self.samples} samples) "
+                f"per run, lr {self.lr}, float32")
 
     def as_dict(self):
         d = dataclasses.asdict(self)
@@ -159,7 +163,7 @@ PROFILES = {
         repeats=5, warmup=1, all_backends=True, peers=PEERS,
         ops_batches=(16, 256, 4096, 65536), ops_widths=(64, 1024, 4096),
         about="the four regimes at full size (Nielsen's 50,000 examples, medium's 60,000), "
-              "every usable backend, torch.compile too (tens of minutes on a 2-core CPU)"),
+              "every usable backend, torch.compile too (about half an hour on a 2-core CPU)"),
 }
 
 

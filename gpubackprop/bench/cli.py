@@ -11,13 +11,18 @@ from .run import run_bench
 
 DEFAULT_OUT = "bench-results"
 
-DESCRIPTION = (
-    "Train the benchmark regimes (small: Nielsen's [784, 30, 10] sigmoid network; medium: "
-    "[784, 256, 256, 10] ReLU; narrow: [64]x6 + 10 at batch 65,536; wide: [784, 4096, "
-    "4096, 10] at batch 4096) with gpubackprop and the peers installed (PyTorch, JAX, "
-    "scikit-learn) on the same data and steps, next to the time of the GEMMs alone; then a "
-    "batch-size sweep.  Prints the tables; writes bench.json, bench.md and bench.png into "
-    f"--out (default {DEFAULT_OUT}/) unless told otherwise.")
+DESCRIPTION = f"""\
+Train the benchmark regimes with gpubackprop and the peers installed (PyTorch,
+JAX, scikit-learn) on the same data and steps, next to the time of the GEMMs
+alone, then a batch-size sweep:
+
+  small   Nielsen's [784, 30, 10] sigmoid network, sse, batch 10
+  medium  [784, 256, 256, 10] ReLU, cross entropy, batch 128
+  narrow  [64]x6 + 10 ReLU, cross entropy, batch 65,536
+  wide    [784, 4096, 4096, 10] ReLU, cross entropy, batch 4096
+
+Prints the tables; writes bench.json, bench.md and bench.png into --out
+(default {DEFAULT_OUT}/) unless told otherwise, and says where."""
 
 EPILOG = """examples:
   gpubackprop bench                                # quick: the four regimes, fewer samples

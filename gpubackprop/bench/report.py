@@ -6,6 +6,8 @@ import tempfile
 
 import numpy as np
 
+from .cases import plural
+
 COLUMNS = ("device", "implementation", "samples/s", "IQR", "min-max", "GFLOP/s",
            "GEMM share", "time/ours")
 
@@ -66,8 +68,8 @@ def _header(result):
              f"libraries: {libs}; BLAS {m.get('numpy_blas')}",
              f"load average (1, 5, 15 min) at start {result.get('loadavg_at_start')}, "
              f"at end {result.get('loadavg_at_end')}",
-             f"{result['repeats']} timed runs after {result['warmup']} warm-up, round-robin; "
-             f"float32"]
+             f"{plural(result['repeats'], 'timed run')} after {result['warmup']} warm-up, "
+             f"round-robin; float32"]
     if result["profile"] == "tiny":
         lines.append("tiny profile: checks that every code path runs; the timings mean "
                      "nothing and no target is checked")
@@ -77,9 +79,9 @@ def _header(result):
 
 
 def _regime_title(reg, on_gpu):
-    steps = f"{reg['steps']} steps ({reg['samples_per_run']} samples) per run"
+    steps = f"{plural(reg['steps'], 'step')} ({reg['samples_per_run']} samples) per run"
     if on_gpu and reg.get("gpu_steps"):
-        steps += f" ({reg['gpu_steps']} on the GPU)"
+        steps += f" ({plural(reg['gpu_steps'], 'step')} on the GPU)"
     return (f"{reg['name']} ({reg['title']}): {reg['sizes']} {reg['activation']} -> "
             f"{reg['output']}, {reg['loss']}, batch {reg['batch']}, {steps}")
 
