@@ -175,6 +175,9 @@ def forward(params, acts, X, idx=None, dtype=np.float32):
     X = np.ascontiguousarray(X, dtype=dtype)
     idx = np.arange(X.shape[0], dtype=np.int64) if idx is None else np.asarray(idx, np.int64)
     B = len(idx)
+    if B > np.iinfo(np.int32).max:
+        raise ValueError(f"the twin takes the batch size as an int32: at most 2**31 - 1 rows, "
+                         f"got {B}")
     sizes = [params[0][0].shape[1]] + [W.shape[0] for W, _ in params]
     wpad = max(_pad(n) for n in sizes[1:])
     if max(sizes[1:]) > MAX_W:

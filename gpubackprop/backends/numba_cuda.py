@@ -83,6 +83,7 @@ class NumbaCudaBackend(Backend):
         super().__init__(device)       # xp: numpy (simulator) or cupy
         self._nk = nk
         self._cuda = nk.cuda
+        self._kp = kernels_package()
 
     @classmethod
     def unavailable_reason(cls, device):
@@ -128,6 +129,15 @@ class NumbaCudaBackend(Backend):
             ptr = cp.cuda.get_current_stream().ptr
             yield self._cuda.external_stream(ptr) if ptr else self._cuda.default_stream()
 
+    def _run(self, k, name, grid, block, *args):
+        """Launch kernel `name` of `k` on CuPy's current stream, after the checks
+        an sm_90 GPU makes (kernels.check_launch: grid.y <= 65535, ...), so a
+        launch the GPU would refuse fails here too, naming the kernel."""
+        self._kp.check_launch(f"{name} (numba)", grid, block, 0, 0)
+        args = [self._dev(a) if getattr(a, "ndim", 0) else a for a in args]
+        with self._launch() as stream:
+            getattr(k, name)[grid, block, stream](*args)
+
     def _kernels(self, dtype):
         dt = np.dtype(dtype)
         if dt not in (np.float32, np.float64):
@@ -158,9 +168,7 @@ class NumbaCudaBackend(Backend):
         code = activation_code("identity" if activation == "softmax" else activation)
         if M and N:
             k = self._kernels(a_prev.dtype)
-            with self._launch() as stream:
-                k.dense_forward[k.gemm_grid(M, N), k.threads, stream](
-                    self._dev(a_prev), self._dev(W), self._dev(b), self._dev(buf), code)
+            self._run(k, "dense_forward", k.gemm_grid(M, N), k.threads, a_prev, W, b, buf, code)
         if activation == "softmax":
             from .. import activations
 
@@ -173,10 +181,8 @@ class NumbaCudaBackend(Backend):
         buf, copy = self._out(out, (M, N), delta.dtype)
         if M and N:
             k = self._kernels(delta.dtype)
-            with self._launch() as stream:
-                k.delta_propagate[k.gemm_grid(M, N), k.threads, stream](
-                    self._dev(delta), self._dev(W), self._dev(a_prev), self._dev(buf),
-                    activation_code(activation))
+            self._run(k, "delta_propagate", k.gemm_grid(M, N), k.threads, delta, W, a_prev, buf,
+                      activation_code(activation))
         return copy_back(buf, out, copy)
 
     def _unused(self, dtype):
@@ -196,13 +202,10 @@ class NumbaCudaBackend(Backend):
         k = self._kernels(delta.dtype)
         s = delta.dtype.type
         scalars = (s(scale), s(0), s(0), s(0), GRADIENT)
-        with self._launch() as stream:       # B == 0: the kernels write zero sums
-            d = self._dev(delta)
-            if n_out and n_in:
-                k.weight_update[k.gemm_grid(n_out, n_in), k.threads, stream](
-                    d, self._dev(a_prev), self._dev(u2), self._dev(u2), self._dev(wbuf),
-                    *scalars)
-            if n_out:
-                k.bias_update[k.bias_grid(n_out), k.bias_block, stream](
-                    d, self._dev(u1), self._dev(u1), self._dev(bbuf), *scalars)
+        if n_out and n_in:                    # B == 0: the kernels write zero sums
+            self._run(k, "weight_update", k.gemm_grid(n_out, n_in), k.threads, delta, a_prev,
+                      u2, u2, wbuf, *scalars)
+        if n_out:
+            self._run(k, "bias_update", k.bias_grid(n_out), k.bias_block, delta, u1, u1, bbuf,
+                      *scalars)
         return copy_back(wbuf, dW, wcopy), copy_back(bbuf, db, bcopy)

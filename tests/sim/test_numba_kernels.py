@@ -348,3 +348,14 @@ def test_backend_takes_non_contiguous_inputs():
 
 def test_unavailable_reason_names_the_device():
     assert "CUDA devices" in NumbaCudaBackend.unavailable_reason(CPU)
+
+
+def test_a_launch_a_gpu_would_refuse_is_refused_naming_the_kernel():
+    """grid.y = ceil(n_out / TILE_N) over 65,535 (an sm_90 GPU's limit)."""
+    from gpubackprop.kernels import LaunchError
+
+    be = NumbaCudaBackend(CPU)
+    n_out = 65536 * nk.kernels(np.float32).tiles["TILE_N"]      # 16 MiB of float32 weights
+    W, b = np.ones((n_out, 1), np.float32), np.ones(n_out, np.float32)
+    with pytest.raises(LaunchError, match=r"dense_forward \(numba\).*grid\.y"):
+        be.dense_forward(np.ones((1, 1), np.float32), W, b, "identity")
