@@ -109,8 +109,12 @@ class Trainer:
 
         validation: (X_val, Y_val) evaluated after each epoch.
         checkpoint: path of a checkpoint written atomically after every epoch
-            (and every `checkpoint_every` steps); with resume=True an existing
-            checkpoint there is loaded and training continues where it stopped.
+            (and every `checkpoint_every` steps); with resume=True the
+            checkpoint there is loaded and training continues where it stopped
+            (FileNotFoundError if there is none: a mistyped path must not
+            start over); resume="auto" continues if there is one, else starts.
+            The path is locked for the run (RuntimeError naming the pid of
+            another run using it) and proven writable before the first step.
         progress: a progress bar on stderr (None: only when it is a terminal).
         callback: called as callback(record) after each epoch.
 
@@ -123,6 +127,11 @@ class Trainer:
         free memory first, and an out-of-memory error during training is
         raised as memory.DeviceOutOfMemory with the estimate.  On the CPU the
         same seed gives bitwise the same parameters, resumed or not.
+
+        One fit at a time per network: a second fit on it (another thread,
+        Trainer or a callback) raises RuntimeError at once.  Ctrl-C lets the
+        step under way finish and raises KeyboardInterrupt there, saying
+        where the last good checkpoint is.
         """
         net = self.net
         # -- every argument is checked before any work ---------------------------

@@ -174,7 +174,9 @@ def test_a_read_only_file_system_fails_before_the_first_step(tmp_path):
         path = folder / "c.safetensors"
         _trainer().fit(X, y, checkpoint=path)                      # a good checkpoint
         before = path.read_bytes()
-        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+        r = subprocess.run(["mount", "-o", "remount,ro", str(folder)], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot remount the tmpfs read-only here ({r.stderr.strip()!r})")
         t = _trainer()
         with pytest.raises(OSError, match=r"c.safetensors.*Read-only file system") as info:
             t.fit(X, y, epochs=2, checkpoint=path, resume=True)
