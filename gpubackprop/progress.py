@@ -71,10 +71,9 @@ class ProgressBar:
         if self.show_bar:
             self.bar = tqdm(total=self.total, file=self.stream, dynamic_ncols=True,
                             mininterval=0.1, leave=True,
+                            desc=f"epoch 1/{epochs}" if epochs else "training",
                             bar_format="{desc} {percentage:3.0f}%|{bar}| "
                                        "{elapsed}<{remaining}{postfix}")
-            if epochs:
-                self.bar.set_description_str(f"epoch 1/{epochs}", refresh=False)
             self.status("starting")
             _active.append(self)
 
