@@ -169,7 +169,8 @@ fi
 GPU_TESTS=(tests/test_gpu_backends.py tests/test_fused_gpu.py tests/test_cuda_backend.py
            tests/test_fused_backend.py tests/test_kernels_nvrtc.py)
 if [[ $mode == gpu ]]; then
-    step kernels 100 "${PYTEST[@]}" "${GPU_TESTS[@]}" -k "not emulator" \
+    # -v: every test's outcome is in the log as it happens, kept if the step is killed
+    step kernels 120 "${PYTEST[@]}" -v "${GPU_TESTS[@]}" -k "not emulator" \
         --junitxml="$LOGS/kernels.xml"
 else
     say "   dry run: the GPU test files collect and skip; the cuda-emulator runs a few cases"
