@@ -75,8 +75,11 @@ def _already_done(args):
     print instead of training (None if there is training to do)."""
     from .checkpoint import read_progress
 
-    if not (args.resume and os.path.exists(args.checkpoint)):
+    if not args.resume:
         return None
+    if not os.path.exists(args.checkpoint):
+        raise ValueError(f"--resume: there is no checkpoint at {args.checkpoint} to resume "
+                         "from; run without --resume to start a new run")
     epoch, step = read_progress(args.checkpoint)
     if step == 0 and epoch >= args.epochs:
         return (f"{args.checkpoint}: already trained {epoch} epochs; nothing to do "

@@ -51,6 +51,8 @@ def no_data(monkeypatch):
     (["--momentum", "1"], "--momentum must be a finite number >= 0 and < 1"),
     (["--resume"], "--resume needs --checkpoint PATH"),
     (["--checkpoint-every", "5"], "--checkpoint-every needs --checkpoint PATH"),
+    (["--checkpoint", "/tmp/gpubackprop-no-such-file.safetensors", "--resume"],
+     "--resume: there is no checkpoint at /tmp/gpubackprop-no-such-file.safetensors"),
     (["--activation", "softmax"], "unknown --activation 'softmax'"),
     (["--activation", "relux"], "did you mean 'relu'"),
     (["--loss", "cross_entropy", "--output", "sigmoid"],
