@@ -135,6 +135,9 @@ class JaxCase(Case):
         super().__init__("jax", f"JAX {jax.__version__} jit epoch", device, regime)
         self.jax, self.jdev = jax, devices[index]
         self.notes = "the whole epoch in one jax.lax.scan under jax.jit"
+        if platform == "gpu":   # JAX takes 75% of GPU memory at start unless told not to
+            self.notes += ("; on a GPU run it with XLA_PYTHON_CLIENT_PREALLOCATE=false so "
+                           "the other rows keep their memory")
         put = (lambda a: jax.device_put(np.ascontiguousarray(a), self.jdev))
         self.params = tuple((put(W), put(b)) for W, b in params)
         self.X = put(data.X)
