@@ -75,8 +75,8 @@ def _already_done(args):
     print instead of training (None if there is training to do)."""
     from .checkpoint import read_progress
 
-    if not args.resume:
-        return None
+    if not args.resume or (args.resume == "auto" and not os.path.exists(args.checkpoint)):
+        return None                     # a new run (--resume auto: when there is none yet)
     if not os.path.exists(args.checkpoint):
         raise ValueError(f"--resume: there is no checkpoint at {args.checkpoint} to resume "
                          "from; run without --resume to start a new run")

@@ -34,6 +34,16 @@ def test_train_saves_and_checkpoints(tmp_path, capsys):
                                        "(--epochs 3; ask for more epochs to continue)\n")
 
 
+def test_resume_auto_starts_a_new_run_then_continues_it(tmp_path, capsys):
+    ckpt = str(tmp_path / "auto.safetensors")
+    flags = ["train", "--device", "cpu", "--backend", "numpy", "--checkpoint", ckpt,
+             "--resume", "auto", "--no-progress"]
+    assert main([*flags, "--epochs", "1"]) == 0                  # nothing there: a new run
+    assert main([*flags, "--epochs", "2"]) == 0                  # then it continues
+    out = capsys.readouterr().out
+    assert "epoch   1/1" in out and "epoch   2/2" in out and "epoch   1/2" not in out
+
+
 @pytest.fixture
 def no_data(monkeypatch):
     """Loading data fails the test: the flags must be refused before it."""
