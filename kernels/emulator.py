@@ -42,6 +42,22 @@ def find_compiler(compiler=None):
     return find_cxx17(compiler)
 
 
+@functools.lru_cache(maxsize=1)
+def default_cache():
+    """DEFAULT_CACHE, or a per-user folder under the temporary directory when
+    the home folder cannot be written (a read-only container)."""
+    for folder in (DEFAULT_CACHE,
+                   pathlib.Path(tempfile.gettempdir()) / f"gpubackprop-emulator-{os.getuid()}"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                return folder
+        except OSError:
+            continue
+    raise RuntimeError(f"the cuda-emulator has no writable cache folder (tried {DEFAULT_CACHE} "
+                       f"and the temporary directory); pass cache_dir=")
+
+
 def _first_lines(text, n):
     lines = [ln for ln in text.splitlines() if "error" in ln] or text.splitlines()
     return "\n".join(lines[:n])
@@ -82,7 +98,7 @@ def library_path(path, defines, dtype, cache_dir=None, compiler=None):
     for part in (text, _runtime_text(), wrapper, repr(defines), dtype, cxx, version, repr(flags)):
         h.update(part.encode())
         h.update(b"\0")
-    folder = pathlib.Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
+    folder = pathlib.Path(cache_dir) if cache_dir is not None else default_cache()
     lib = folder / f"{path.stem}-{dtype}-{h.hexdigest()[:20]}.so"
     return lib, names, (cxx, flags, wrapper)
 
