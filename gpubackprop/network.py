@@ -146,20 +146,20 @@ class MLP:
                                      "parameters first (set_params, or a checkpoint)")
         save_network(self, path)
 
-    def to_torch(self):
+    def to_torch(self, copy=True):
         """A torch.nn.Sequential of Linear and activation modules with this
         network's weights (PyTorch needed; copy=False shares them: interop.py)."""
         from .interop import to_torch
 
-        return to_torch(self)
+        return to_torch(self, copy=copy)
 
     @classmethod
-    def from_torch(cls, module, device="cpu", backend="auto"):
+    def from_torch(cls, module, device=None, backend="auto", copy=True):
         """The MLP of a torch.nn.Sequential of Linear and supported activation
         modules (ValueError naming the first other module; interop.py)."""
         from .interop import from_torch
 
-        return from_torch(module, device=device, backend=backend)
+        return from_torch(module, device=device, backend=backend, copy=copy)
 
     def to(self, device):
         """Move the network to `device` (in place); returns self."""
