@@ -2,6 +2,7 @@
 steps in their order, each under its own timeout, the GPU parts on the
 cuda-emulator or skipped with a line, at most 8 files under $OUT and none in
 a subfolder, so the script cannot rot before a GPU reaches it."""
+import importlib.util
 import json
 import os
 import pathlib
@@ -11,6 +12,8 @@ import tarfile
 import xml.etree.ElementTree as ET
 
 import pytest
+
+from gpubackprop.device import emulator_status
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
@@ -60,14 +63,18 @@ def test_at_most_eight_files_none_deeper(dry_run):
     _, out = dry_run
     entries = list(out.iterdir())
     assert len(entries) <= 8 and all(p.is_file() for p in entries)
-    assert {p.name for p in entries} == ALLOWED
+    expected = set(ALLOWED)
+    if importlib.util.find_spec("matplotlib") is None:    # the bench extra draws the plot
+        expected.discard("bench.png")
+    assert {p.name for p in entries} == expected
 
 
 def test_the_files_hold_results(dry_run):
     _, out = dry_run
     suites = ET.parse(out / "tests.xml").getroot()
     assert suites.tag == "testsuites" and len(suites) == 2      # steps 2 and 3
-    assert sum(int(s.get("tests")) - int(s.get("skipped")) for s in suites) >= 2
+    ran = sum(int(s.get("tests")) - int(s.get("skipped")) for s in suites)
+    assert ran >= 2 or emulator_status()[0] is None     # no C++17 compiler: they skip
     assert all(int(s.get("failures")) == int(s.get("errors")) == 0 for s in suites)
     bench = json.loads((out / "bench.json").read_text())
     assert bench["complete"] and bench["results"]
