@@ -37,6 +37,7 @@ CASES = [
     ([33, 17, 4], ("tanh", "softmax"), "cross_entropy", 16, 70),
     ([20, 9, 65, 3], ("relu", "softplus", "identity"), "mse", 32, 100),
     ([13, 8, 7, 6, 5], ("leaky_relu", "tanh", "sigmoid", "identity"), "cross_entropy", 300, 301),
+    ([129, 65, 1], ("tanh", "sigmoid"), "sse", 1, 7),
 ]
 
 

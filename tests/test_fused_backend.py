@@ -41,6 +41,7 @@ CASES = [
     ([13, 8, 7, 6, 5], ("leaky_relu", "tanh", "sigmoid", "identity"), "cross_entropy", 64, 129),
     ([33, 128, 10], ("tanh", "identity"), "mse", 64, 70),
     ([6] + [9] * 7 + [3], ("sigmoid",) * 7 + ("softmax",), "cross_entropy", 30, 31),
+    ([129, 65, 1], ("tanh", "sigmoid"), "sse", 1, 7),
 ]
 
 
