@@ -106,8 +106,9 @@ class _Terminal:
         return ["".join(line).rstrip() for line in self.rows]
 
 
-def _run_in_pty(argv, columns=COLUMNS, timeout=300):
-    """(exit code, everything the program wrote) for argv run on a pty."""
+def _run_in_pty(argv, cwd, columns=COLUMNS, timeout=300):
+    """(exit code, everything the program wrote) for argv run on a pty in
+    `cwd` (outside the checkout: the installed package runs)."""
     import fcntl
     import pty
     import struct
@@ -117,8 +118,7 @@ def _run_in_pty(argv, columns=COLUMNS, timeout=300):
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, columns, 0, 0))
     env = dict(os.environ, COLUMNS=str(columns), TERM="xterm")
     proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env,
-                            cwd=os.path.dirname(os.path.abspath(__file__)) + "/..",
-                            close_fds=True)
+                            cwd=cwd, close_fds=True)
     os.close(slave)
     chunks = []
     while True:
@@ -134,10 +134,10 @@ def _run_in_pty(argv, columns=COLUMNS, timeout=300):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
-def test_a_terminal_shows_one_line_per_epoch_and_one_bar():
+def test_a_terminal_shows_one_line_per_epoch_and_one_bar(tmp_path):
     epochs = 30
     code, raw = _run_in_pty([sys.executable, "-m", "gpubackprop", "train", "--device", "cpu",
-                             "--backend", "numpy", "--epochs", str(epochs)])
+                             "--backend", "numpy", "--epochs", str(epochs)], cwd=tmp_path)
     term = _Terminal(COLUMNS)
     term.feed(raw)
     screen = [line for line in term.screen() if line]
