@@ -119,9 +119,9 @@ def load_file(path, expected_format, expected_version, json_keys=()):
     with open(path, "rb") as f:
         head = f.read(8)
         if head.startswith(_ZIP_MAGIC):
-            raise ValueError(f"{path}: this is an .npz archive, the file format of "
-                             "gpubackprop 0.1; files are safetensors now (load it with "
-                             "gpubackprop 0.1 and save it again with this version)")
+            raise ValueError(f"{path}: this is an .npz archive, the file format of earlier "
+                             "gpubackprop versions; files are safetensors now (load it with "
+                             "the version that wrote it and save it again with this one)")
         if len(head) < 8:
             raise ValueError(f"{path}: not a safetensors file (only {size} bytes)")
         n_header = int.from_bytes(head, "little")

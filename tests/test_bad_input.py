@@ -258,7 +258,7 @@ BAD_CALLS = [
     ("load_forged_header", lambda c: gb.load(_forged_header(c)), ValueError,
      "forged.safetensors: not a readable safetensors file"),
     ("load_old_npz", lambda c: gb.load(_old_npz(c)), ValueError,
-     "old.npz: this is an .npz archive, the file format of gpubackprop 0.1"),
+     "old.npz: this is an .npz archive, the file format of earlier gpubackprop"),
     ("load_meta_no_format", lambda c: gb.load(_net_file(c, {"format": "list"})), ValueError,
      "expected a 'gpubackprop.mlp' file; got format 'list'"),
     # -- data --------------------------------------------------------------------------------

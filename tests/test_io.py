@@ -179,7 +179,7 @@ def test_truncated_file_is_refused(tmp_path, cut):
 
 def test_old_npz_files_are_refused_with_the_format_change(tmp_path):
     path = tmp_path / "old.npz"
-    with zipfile.ZipFile(path, "w") as z:        # what gpubackprop 0.1 wrote: a zip
+    with zipfile.ZipFile(path, "w") as z:        # what earlier versions wrote: a zip
         z.writestr("W0.npy", b"")
     with pytest.raises(ValueError, match=r"old.npz: this is an .npz archive.*safetensors now"):
         gb.load(path)
