@@ -8,13 +8,9 @@ fused fast path (`backend.fuses(hyper)`) runs a whole run of steps in
 `train_epoch` instead, with the same numbers.  The data set is moved to the
 network's device once; the host reads back a few numbers per epoch.
 """
-import contextlib
 import math
 import os
-import signal
-import threading
 import time
-import weakref
 
 import numpy as np
 
@@ -23,6 +19,7 @@ from .checks import boolean, positive_int
 from .backends.base import Hyper
 from .checkpoint import Checkpoint
 from .device import is_cupy_array, to_host
+from .guards import deferred_interrupt, exclusive, interrupted_message
 from .history import History, TrainingDiverged
 from .optim import SGD
 from .progress import ProgressBar
@@ -60,7 +57,7 @@ class Trainer:
                             f"got {type(comm).__name__}")
         self.comm = comm
         self.history = History()
-        self._interrupted = False       # set by Ctrl-C during fit (see _deferred_interrupt)
+        self._interrupted = False       # set by Ctrl-C during fit (see guards.deferred_interrupt)
         #: the optimizer's state (optim.SGDState), made on the first fit
         self.state = None
 
@@ -164,11 +161,11 @@ class Trainer:
         if net.device.kind == "cuda":
             self._check_memory(X, validation)
         try:
-            with _exclusive(net), _deferred_interrupt(self):   # one fit per network; Ctrl-C
+            with exclusive(net), deferred_interrupt(self):    # one fit per network; Ctrl-C
                 return self._fit(X, Y, epochs, validation, ckpt, checkpoint_every, resume,
                                  progress, callback)
         except KeyboardInterrupt:
-            raise KeyboardInterrupt(_interrupted_message(ckpt)) from None
+            raise KeyboardInterrupt(interrupted_message(ckpt)) from None
         except oom as exc:
             n = _rows(X)
             raise memory.out_of_memory_error(
@@ -220,8 +217,7 @@ class Trainer:
                 start_epoch, start_step, partial = comm.on_root(ckpt.restore)
         if comm.communicates:      # rank 0's parameters, momentum, shuffle and history
             distributed.broadcast_start(self)
-        bar = ProgressBar(epochs * n_steps, enabled=progress if comm.rank == 0 else False,
-                          epochs=epochs)
+        bar = ProgressBar(epochs * n_steps, enabled=progress if comm.rank == 0 else False)
         bar.update(start_epoch * n_steps + start_step)
         chunk = min(checkpoint_every or n_steps, bar.chunk_steps(n_steps))
 
@@ -399,77 +395,6 @@ def _global_sums(comm, xp, step_costs, n_correct):
                              xp.asarray(n_correct, dtype=xp.float64).reshape(1)])
     comm.allreduce(totals)
     return totals[:-1], totals[-1]
-
-
-_BUSY = weakref.WeakKeyDictionary()      # network or backend -> the thread training it
-_BUSY_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _exclusive(net):
-    """Hold `net` (and its backend, whose step workspace a fit writes) for one
-    fit.  A second fit on the same network, from another thread or Trainer
-    (or a callback), raises RuntimeError at once instead of interleaving
-    steps on the same parameters and buffers."""
-    me = threading.current_thread().name
-    with _BUSY_LOCK:
-        for obj, what in ((net, "network"), (net.backend, "backend (and step workspace)")):
-            if obj in _BUSY:
-                raise RuntimeError(
-                    f"the {what} of {net!r} is already being trained by another fit (in "
-                    f"thread {_BUSY[obj]!r}); one network is trained by one fit at a time: "
-                    "wait for it to return, or train a copy (gb.MLP([l.copy() for l in "
-                    "net.layers]))")
-        held = (net, net.backend)
-        for obj in held:
-            _BUSY[obj] = me
-    try:
-        yield
-    finally:
-        with _BUSY_LOCK:
-            for obj in held:
-                _BUSY.pop(obj, None)
-
-
-@contextlib.contextmanager
-def _deferred_interrupt(trainer):
-    """Ctrl-C during fit lets the step under way finish (a step updates the
-    layers one after another: stopping inside one would leave the network
-    half updated, and a checkpoint half written), then raises
-    KeyboardInterrupt at the step boundary; a second Ctrl-C stops at once.
-    Only in the main thread, when SIGINT has Python's default handler, and
-    not in data-parallel runs (every rank must stop at the same step)."""
-    trainer._interrupted = False
-    if (threading.current_thread() is not threading.main_thread() or trainer.comm.communicates
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield
-        return
-
-    def handler(signum, frame):
-        if trainer._interrupted:
-            raise KeyboardInterrupt
-        trainer._interrupted = True
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        trainer._interrupted = False
-
-
-def _interrupted_message(ckpt):
-    """The one line for an interrupted fit: where the last good checkpoint is."""
-    msg = "training interrupted; the network holds the parameters of the last completed step"
-    if ckpt is None:
-        return msg + "; no checkpoint (pass checkpoint=PATH to keep the progress of a run)"
-    if ckpt.saved is not None:
-        epoch, step = ckpt.saved
-        return msg + (f"; the last good checkpoint is {ckpt.path} (epoch {epoch}, step "
-                      f"{step}); resume=True continues from there")
-    if ckpt.exists():
-        return msg + f"; the checkpoint {ckpt.path} is as it was before this run"
-    return msg + f"; no checkpoint was written yet at {ckpt.path}"
 
 
 def _rows(X):
