@@ -144,7 +144,7 @@ class Checkpoint:
         if diff:
             raise ValueError(f"{self.path}: the checkpoint does not match this run "
                              f"(differs in {'; '.join(diff)}); use another checkpoint path "
-                             "or resume=False")
+                             "or start a new run (without resuming)")
 
     def _check_arrays(self, arrays, state):
         """The optimizer state's arrays, with the names, shapes and dtypes of
