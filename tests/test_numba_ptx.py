@@ -146,3 +146,38 @@ def test_fused_twin_static_shared_memory_limits():
     assert fm.static_smem_bytes("float32", 64) > fm.STATIC_SMEM_LIMIT
     assert fm.static_smem_bytes("float64", 16) <= fm.STATIC_SMEM_LIMIT
     assert fm.static_smem_bytes("float64", 32) > fm.STATIC_SMEM_LIMIT
+
+
+UNAVAILABLE = textwrap.dedent(r"""
+    import importlib, sys, types
+    device_module = importlib.import_module("gpubackprop.device")
+    device_module.cuda_status = lambda: (1, "")          # CuPy sees a GPU (pretended)
+    from gpubackprop.backends import numba_cuda
+
+    class PretendGPU(device_module.Device):
+        xp = types.SimpleNamespace(cuda=types.SimpleNamespace(
+            Device=lambda i: types.SimpleNamespace(compute_capability=sys.argv[1])))
+
+    nk = numba_cuda.numba_kernels()
+    if sys.argv[2] == "no-nvvm":                         # nothing to find anywhere
+        from cuda import pathfinder
+        def not_found(name):
+            raise pathfinder.DynamicLibNotFoundError(f"{name}: not found (simulated)")
+        pathfinder.load_nvidia_dynamic_lib = not_found
+        nk.libnvvm_candidates = lambda: []
+    print(numba_cuda.NumbaCudaBackend.unavailable_reason(PretendGPU("cuda", 0)))
+""")
+
+
+def test_unavailable_reason_compiles_a_probe_for_the_device(tmp_path):
+    """The probe compiles for the device's compute capability; what is left
+    (here: no driver for numba.cuda to launch with) is said, not a crash."""
+    reason = _python(UNAVAILABLE, tmp_path, "90", "as-is").strip()
+    if "libnvvm (NVVM" in reason:
+        pytest.skip("libnvvm is not installed (the CUDA toolkit or pip install nvidia-nvvm)")
+    assert "numba.cuda finds no usable GPU" in reason
+
+
+def test_unavailable_reason_says_when_nothing_can_compile(tmp_path):
+    reason = _python(UNAVAILABLE, tmp_path, "90", "no-nvvm").strip()
+    assert "cannot compile a kernel for sm_90" in reason and "libnvvm" in reason
