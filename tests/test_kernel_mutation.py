@@ -1,5 +1,6 @@
 """Mutation test of the cuda-emulator: every `__syncthreads()` of
-dense_forward.cu and fused_mlp.cu is deleted in turn from a temporary copy,
+dense_forward.cu, delta_propagate.cu, weight_update.cu, dense_forward_tf32.cu
+and fused_mlp.cu is deleted in turn from a temporary copy,
 and the copy must fail at least one check against the float64 NumPy
 reference (run with the threads of each barrier phase in forward, then in
 reverse order).  A barrier the emulator cannot catch would be listed in
@@ -21,7 +22,8 @@ from gpubackprop.optim import SGD
 from emulated import KP, forward_ref, needs_emulator, problem, reference_epoch, rel_err
 
 pytestmark = needs_emulator
-SOURCES = ("dense_forward.cu", "fused_mlp.cu")
+SOURCES = ("dense_forward.cu", "delta_propagate.cu", "weight_update.cu",
+           "dense_forward_tf32.cu", "fused_mlp.cu")
 BARRIER = re.compile(r"__syncthreads\(\);")
 #: (file, line) -> why the emulator cannot catch its removal (none so far)
 UNCATCHABLE = {}
@@ -51,7 +53,8 @@ def modules(tmp_path_factory):
     for name, line, text in MUTANTS:
         path = folder / f"{name[:-3]}_L{line}.cu"
         path.write_text(text)
-        jobs.append((path, KP.defines(name, "float64"), "float64"))
+        dtype = KP.DTYPES[name][-1]                    # float64 where there is one
+        jobs.append((path, KP.defines(name, dtype), dtype))
     KP.emulator.build_many(jobs, cache_dir=folder / "cache")
     dev = gb.device("cuda-emulator")
     return {(name, line): KP.load(path, d, dt, dev, cache_dir=folder / "cache")
@@ -70,6 +73,59 @@ def _dense_failures(module):
            (a, W, b, out, np.int32(M), np.int32(N), np.int32(K), np.int32(2)))
         if not rel_err(out, forward_ref(a, W, b, "tanh")) <= TOL:
             failed.append(f"forward {M}x{N}x{K}")
+    return failed
+
+
+def _delta_failures(module):
+    fn, failed = module.get("delta_propagate"), []
+    for M, N, K in [(70, 40, 50), (129, 65, 33)]:
+        rng = np.random.default_rng(M)
+        d, W, a = rng.standard_normal((M, K)), rng.standard_normal((K, N)), rng.random((M, N))
+        out = np.full((M, N), np.nan)
+        t = KP.GEMM_TILES["float64"]
+        fn((-(-M // t["TILE_M"]), -(-N // t["TILE_N"])), (KP.gemm_threads("float64"),),
+           (d, W, a, out, np.int32(M), np.int32(N), np.int32(K), np.int32(1)))
+        if not rel_err(out, (d @ W) * a * (1 - a)) <= TOL:
+            failed.append(f"delta {M}x{N}x{K}")
+    return failed
+
+
+def _update_failures(module):
+    """weight_update + bias_update (+ update_reduce) in GRADIENT mode, 1 and 3 chunks."""
+    failed, t, i32 = [], KP.GEMM_TILES["float64"], np.int32
+    for B, N, K, chunks in [(90, 40, 70, 1), (90, 70, 40, 3)]:
+        rng = np.random.default_rng(B + N)
+        d, a = rng.standard_normal((B, N)), rng.standard_normal((B, K))
+        dW, db = np.full((N, K), np.nan), np.full(N, np.nan)
+        rows = -(-B // chunks)
+        part = np.full(chunks * (N * K + N), np.nan)
+        hyper = (np.float64(1), np.float64(0), np.float64(0), np.float64(0), i32(0))
+        sizes = (i32(B), i32(N), i32(K), i32(rows))
+        module.get("weight_update")((-(-N // t["TILE_M"]), -(-K // t["TILE_N"]), chunks),
+                                    (KP.gemm_threads("float64"),), (d, a, dW, dW, dW, part,
+                                                                    *sizes, *hyper))
+        module.get("bias_update")((-(-N // 32), chunks), (32, KP.BIAS_ROWS),
+                                  (d, db, db, db, part, *sizes, *hyper))
+        if chunks > 1:
+            module.get("update_reduce")((4,), (256,), (part, i32(chunks), dW, dW, dW, db, db, db,
+                                                       i32(N), i32(K), *hyper))
+        if not (rel_err(dW, d.T @ a) <= TOL and rel_err(db, d.sum(0)) <= TOL):
+            failed.append(f"update {B}x{N}x{K} in {chunks} chunk(s)")
+    return failed
+
+
+def _tf32_failures(module):
+    """dense_forward_tf32 against float64 on inputs exact in TF32 (so only the
+    float32 accumulation differs)."""
+    fn, failed = module.get("dense_forward_tf32"), []
+    for M, N, K in [(70, 40, 50), (129, 65, 33)]:
+        rng = np.random.default_rng(M)
+        a, W, b = (rng.integers(-8, 8, s).astype(np.float32) / 8 for s in ((M, K), (N, K), (N,)))
+        out = np.full((M, N), np.nan, dtype=np.float32)
+        fn((-(-M // 64), -(-N // 64)), (KP.TF32_THREADS,),
+           (a, W, b, out, np.int32(M), np.int32(N), np.int32(K), np.int32(0)))
+        if not rel_err(out, forward_ref(a, W, b, "identity")) <= 1e-6:
+            failed.append(f"tf32 {M}x{N}x{K}")
     return failed
 
 
@@ -111,7 +167,9 @@ def _fused_failures(module):
 
 
 def _failures(name, module):
-    check = _dense_failures if name == "dense_forward.cu" else _fused_failures
+    check = {"dense_forward.cu": _dense_failures, "delta_propagate.cu": _delta_failures,
+             "weight_update.cu": _update_failures, "dense_forward_tf32.cu": _tf32_failures,
+             "fused_mlp.cu": _fused_failures}[name]
     failed = []
     for order in ("forward", "reverse"):
         module.set_schedule(order)
@@ -136,4 +194,4 @@ def test_each_barrier_removed_is_caught(modules, name, line):
 def test_catch_count():
     barriers = [(n, ln) for n, ln, _ in MUTANTS if ln]
     print(f"mutation: {len(barriers) - len(UNCATCHABLE)} of {len(barriers)} barriers caught")
-    assert len(barriers) == 16
+    assert len(barriers) == 24
