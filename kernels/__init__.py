@@ -154,6 +154,9 @@ def defines(name, dtype, atomic=False):
     return d
 
 
+_launcher_defines = defines     # for load(), whose argument is named `defines`
+
+
 def options(name, dtype, atomic=False):
     """`defines` as compiler options: ("-DREAL=float", "-DTILE_M=64", ...)."""
     return tuple(f"-D{k}={v}" for k, v in sorted(defines(name, dtype, atomic).items()))
@@ -257,7 +260,7 @@ def load(file, defines=None, dtype="float32", device=None, cache_dir=None, compi
     device = as_device(device if device is not None else "cuda-emulator")
     dtype = str(dtype)
     if defines is None:
-        defines = globals()["defines"](file, dtype)
+        defines = _launcher_defines(file, dtype)
     key = (str(_path(file)), tuple(sorted((k, str(v)) for k, v in defines.items())), dtype)
     if device.kind == "cuda-emulator":
         from . import emulator
