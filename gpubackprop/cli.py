@@ -252,7 +252,7 @@ def build_parser():
                    help="output layer's activation (default: softmax for cross_entropy, "
                         "sigmoid otherwise)")
     t.add_argument("--loss", default="sse", help="sse | mse | cross_entropy")
-    t.add_argument("--lr", type=float, default=3.0)
+    t.add_argument("--lr", type=float, default=3.0, help="SGD step size (default 3.0)")
     t.add_argument("--momentum", type=float, default=0.0)
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--batch-size", type=int, default=10)
@@ -261,12 +261,14 @@ def build_parser():
     t.add_argument("--backend", default="auto")
     t.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--checkpoint", help="write a checkpoint here after every epoch")
-    t.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps")
+    t.add_argument("--checkpoint", metavar="PATH",
+                   help="write a checkpoint (.safetensors) here after every epoch")
+    t.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="also checkpoint every N steps")
     t.add_argument("--resume", nargs="?", const=True, default=False, type=_resume_auto,
                    help="continue from --checkpoint (it must exist); --resume auto: "
                         "continue if it exists, else start a new run")
-    t.add_argument("--save", help="save the trained network (.safetensors)")
+    t.add_argument("--save", metavar="PATH", help="save the trained network (.safetensors)")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a progress bar on stderr when it is a terminal (default); "
                         "--no-progress: epoch lines only")
