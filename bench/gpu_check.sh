@@ -112,14 +112,16 @@ do_install() {
     if [[ $mode == dry ]]; then
         echo "dry run: nothing installed (this environment's gpubackprop is used)"
     else
-        pip install --no-index --no-deps --no-build-isolation -e . ||
+        $PY -m pip install --no-index --no-deps --no-build-isolation -e . ||
             echo "pip install failed: falling back to PYTHONPATH=$ROOT"
     fi
 }
 export mode PY LOGS ROOT
 export -f do_install
 step install 60 do_install
-if ! $PY -c "import gpubackprop.backends.gpu_common as g; g.kernels_package()" 2>/dev/null; then
+# installed? (asked from outside the checkout, where the source tree is not on sys.path)
+if ! (cd / && $PY -c "import gpubackprop.backends.gpu_common as g; g.kernels_package()") \
+        2>/dev/null; then
     export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
     say "   (gpubackprop imported from the source tree: PYTHONPATH=$ROOT)"
 fi
