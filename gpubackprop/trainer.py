@@ -175,6 +175,9 @@ class Trainer:
         finally:
             if ckpt is not None:
                 ckpt.release()           # the checkpoint's lock, if this fit took it
+            if getattr(self, "_bar", None) is not None:
+                self._bar.close()        # an error or Ctrl-C leaves no bar half drawn
+                self._bar = None
 
     def _check_memory(self, X, validation):
         """Before moving data to a CUDA device: does the run fit?"""
@@ -218,6 +221,7 @@ class Trainer:
         if comm.communicates:      # rank 0's parameters, momentum, shuffle and history
             distributed.broadcast_start(self)
         bar = ProgressBar(epochs * n_steps, enabled=progress if comm.rank == 0 else False)
+        self._bar = bar                # closed by fit, however _fit ends
         bar.update(start_epoch * n_steps + start_step)
         chunk = min(checkpoint_every or n_steps, bar.chunk_steps(n_steps))
 

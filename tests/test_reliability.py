@@ -297,3 +297,16 @@ def test_cli_gradcheck_flags_are_checked(flags, fragment, capsys):
     assert main(["gradcheck"] + flags) == 2
     captured = capsys.readouterr()
     assert fragment in captured.err and "gradcheck: backprop" not in captured.out
+
+
+def test_an_interrupted_fit_closes_its_progress_bar(monkeypatch, capsys):
+    from gpubackprop import progress
+
+    monkeypatch.setattr(progress, "_isatty", lambda stream: True)   # draw the bar anyway
+    X, y = _data()
+    t = _trainer()
+    _stepping(t, 13, lambda: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt, match="no checkpoint"):
+        t.fit(X, y, epochs=3, progress=True)
+    assert progress._active == []                   # closed: later notices go nowhere stale
+    assert capsys.readouterr().err.endswith("\n")   # the bar's line is finished
