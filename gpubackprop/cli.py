@@ -311,11 +311,21 @@ def main(argv=None):
         os.dup2(devnull, sys.stdout.fileno())   # the exit's own flush goes nowhere
         return 1
     except KeyboardInterrupt as exc:   # Ctrl-C: fit stopped at a step boundary; one line
+        _close_bars()
         print(f"gpubackprop {args.command}: {exc or 'interrupted'}", file=sys.stderr)
         return 130
     except (ValueError, TypeError, RuntimeError, OSError) as exc:
+        _close_bars()
         print(f"gpubackprop {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _close_bars():
+    """A progress bar left on screen by a run that raised: close it, so the
+    message printed next starts on a line of its own."""
+    from .progress import close_all
+
+    close_all()
 
 
 if __name__ == "__main__":

@@ -35,6 +35,13 @@ def notice(text):
         bar.status(text)
 
 
+def close_all():
+    """Close the bars still on screen (a run that raised never closed its
+    bar): an error printed next starts on a line of its own."""
+    for bar in list(_active):
+        bar.close()
+
+
 def epoch_line(record, epochs=None):
     """'epoch   3/30: loss 0.0812 acc 0.9421 | test loss 0.0917 acc 0.9532 | 0.41s'
     (under 80 columns)."""
@@ -69,6 +76,7 @@ class ProgressBar:
         self._metrics = ""            # the last epoch's numbers, shown in the bar
         self._status = None           # a notice shown until the next update
         if self.show_bar:
+            close_all()               # one bar: a run that raised left its own
             self.bar = tqdm(total=self.total, file=self.stream, dynamic_ncols=True,
                             mininterval=0.1, leave=True,
                             desc=f"epoch 1/{epochs}" if epochs else "training",

@@ -194,3 +194,19 @@ def test_the_epoch_count_follows_from_the_epoch_length(capsys):
     bar.epoch_done({"epoch": 2, "loss": 0.25, "time": 0.5})
     bar.close()
     assert capsys.readouterr().out == "epoch   2/3: loss 0.2500 | 0.50s\n"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pseudo-terminals are POSIX")
+def test_an_error_mid_run_starts_on_its_own_line(tmp_path):
+    code, raw = _run_in_pty([sys.executable, "-m", "gpubackprop", "train", "--device", "cpu",
+                             "--backend", "numpy", "--epochs", "3", "--lr", "1e9",
+                             "--activation", "identity", "--output", "identity",
+                             "--loss", "mse"], cwd=tmp_path)
+    term = _Terminal(COLUMNS)
+    term.feed(raw)
+    screen = [line for line in term.screen() if line]
+    assert code == 2, "\n".join(screen)
+    errors = [line for line in screen if "error: training diverged" in line]
+    assert len(errors) == 1 and errors[0].startswith("gpubackprop train: error: "), \
+        "\n".join(screen)
+    assert sum("%|" in line for line in screen) <= 1          # the bar, left where it was
