@@ -32,10 +32,7 @@ class Device:
     def asarray(self, array, dtype=None):
         """`array` (NumPy, CuPy or Tensor) as an array of this device, copying
         across devices (and counting the transfer) only when needed."""
-        from .tensor import Tensor
-
-        if isinstance(array, Tensor):
-            array = array.data
+        array = getattr(array, "__gb_array__", array)    # a Tensor: its array
         on_gpu = is_cupy_array(array)
         if self.kind != "cuda":
             if on_gpu:

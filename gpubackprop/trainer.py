@@ -220,7 +220,8 @@ class Trainer:
                 start_epoch, start_step, partial = comm.on_root(ckpt.restore)
         if comm.communicates:      # rank 0's parameters, momentum, shuffle and history
             distributed.broadcast_start(self)
-        bar = ProgressBar(epochs * n_steps, enabled=progress if comm.rank == 0 else False)
+        bar = ProgressBar(epochs * n_steps, enabled=progress if comm.rank == 0 else False,
+                          epochs=epochs)
         self._bar = bar                # closed by fit, however _fit ends
         bar.update(start_epoch * n_steps + start_step)
         chunk = min(checkpoint_every or n_steps, bar.chunk_steps(n_steps))
