@@ -103,9 +103,10 @@ def _layers_of(nn, module):
     return layers
 
 
-def from_torch(module, device=None, backend="auto", copy=True):
-    """The MLP of a torch.nn.Sequential of Linear layers, each followed by at
-    most one supported activation module (see TORCH_MODULES).
+def layers_from_torch(module, device=None, copy=True):
+    """MLP.from_torch's half: (Dense layers, device, dtype) of a
+    torch.nn.Sequential of Linear layers, each followed by at most one
+    supported activation module (see TORCH_MODULES).
 
     device: where the MLP lives (None: the module's device); dtype: the
     module's (float32 or float64).  A Linear without bias gets b = 0.
@@ -114,7 +115,6 @@ def from_torch(module, device=None, backend="auto", copy=True):
     torch = _torch()
     from .device import device as get_device
     from .layers import Dense
-    from .network import MLP
 
     nn = torch.nn
     if not isinstance(module, nn.Sequential):
@@ -135,7 +135,7 @@ def from_torch(module, device=None, backend="auto", copy=True):
             lin.out_features, dtype=W.dtype, device=W.device)
         dense.append(Dense(lin.in_features, lin.out_features, act,
                            W=_array(W, target, copy), b=_array(b, target, copy)))
-    return MLP(dense, device=target, dtype=str(first.dtype).split(".")[1], backend=backend)
+    return dense, target, str(first.dtype).split(".")[1]
 
 
 def _array(t, target, copy):

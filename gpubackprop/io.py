@@ -203,18 +203,13 @@ def save_network(net, path):
     save_file(path, network_arrays(net), {**network_meta(net), "gpubackprop": __version__})
 
 
-def load_network(path, device="cpu", backend=None):
-    """gb.load(path): the network saved by save_network, checked first."""
-    from .layers import Dense
-    from .network import MLP
-
+def read_network(path):
+    """gb.load's reading half: (sizes, activations, dtype, arrays) of the
+    network file at `path`, everything checked first (network.load builds it)."""
     arrays, meta = load_file(path, NETWORK_FORMAT, NETWORK_VERSION,
                              json_keys=("sizes", "activations"))
     check_network(path, meta, arrays)
-    sizes, acts = meta["sizes"], meta["activations"]
-    layers = [Dense(n_in, n_out, act, W=arrays[f"W{i}"], b=arrays[f"b{i}"])
-              for i, (n_in, n_out, act) in enumerate(zip(sizes, sizes[1:], acts))]
-    return MLP(layers, device=device, dtype=meta["dtype"], backend=backend)
+    return meta["sizes"], meta["activations"], meta["dtype"], arrays
 
 
 def check_network(path, meta, arrays, prefix=""):

@@ -157,9 +157,10 @@ class MLP:
     def from_torch(cls, module, device=None, backend="auto", copy=True):
         """The MLP of a torch.nn.Sequential of Linear and supported activation
         modules (ValueError naming the first other module; interop.py)."""
-        from .interop import from_torch
+        from .interop import layers_from_torch
 
-        return from_torch(module, device=device, backend=backend, copy=copy)
+        layers, device, dtype = layers_from_torch(module, device=device, copy=copy)
+        return cls(layers, device=device, dtype=dtype, backend=backend)
 
     def to(self, device):
         """Move the network to `device` (in place); returns self."""
@@ -206,6 +207,9 @@ def _check_layers(layers):
 
 def load(path, device="cpu", backend=None):
     """A network saved by MLP.save (safetensors; checked, never unpickled)."""
-    from .io import load_network
+    from .io import read_network
 
-    return load_network(path, device=device, backend=backend)
+    sizes, acts, dtype, arrays = read_network(path)
+    layers = [Dense(n_in, n_out, act, W=arrays[f"W{i}"], b=arrays[f"b{i}"])
+              for i, (n_in, n_out, act) in enumerate(zip(sizes, sizes[1:], acts))]
+    return MLP(layers, device=device, dtype=dtype, backend=backend)
