@@ -206,6 +206,14 @@ extern "C" __global__ void unwritten(float* out)
     __syncthreads();
     out[threadIdx.x + blockDim.x * blockIdx.x] = dyn[threadIdx.x % 2] + counter;
 }
+extern "C" __global__ void unwritten_static(float* out)
+{
+    __shared__ float s[2];
+    if (threadIdx.x == 1) s[1] = 3.0f + blockIdx.x;
+    if (threadIdx.x == 0 && blockIdx.x == 0) s[0] = 1.0f;   // block 1 must not see it
+    __syncthreads();
+    out[threadIdx.x + blockDim.x * blockIdx.x] = s[threadIdx.x % 2];
+}
 """
 
 
@@ -216,6 +224,10 @@ def test_barrier_skipped_by_some_threads_is_an_error_naming_the_kernel(tmp_path)
     out = np.zeros(8, dtype=np.float32)                   # extern __shared__: NaN until written
     m.get("unwritten")((2,), (4,), [out], shared_mem=8)
     assert np.isnan(out[0::2]).all() and (out[1::2] == 6.0).all()
+    out = np.zeros(8, dtype=np.float32)                   # static __shared__ too, every block
+    m.get("unwritten_static")((2,), (4,), [out])
+    assert list(out[:4:2]) == [1.0, 1.0] and np.isnan(out[4::2]).all()
+    assert list(out[1::2]) == [3.0, 3.0, 4.0, 4.0]
 
 
 @pytest.mark.parametrize("code,says", [

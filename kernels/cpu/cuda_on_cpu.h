@@ -12,11 +12,12 @@
 //     an error naming the kernel, the block and the phase (on a GPU it hangs
 //     or corrupts silently);
 //   * __shared__ is block-scope `thread_local` storage: static storage shared
-//     by the fibers of the running block (blocks are serial, all fibers run on
-//     one OS thread, and two OS threads may launch at the same time);
-//   * extern __shared__ arrays get the launch's shared_mem bytes, filled with
-//     0xFF bytes (NaN as float and as double) at the start of every block, so
-//     a read of an element no thread wrote shows up in the results;
+//     by the fibers of the running block (blocks are serial and all fibers
+//     run on one OS thread; launches of one library are serialized);
+//   * extern __shared__ arrays get the launch's shared_mem bytes; every
+//     shared array, static or extern, is filled with 0xFF bytes (NaN as float
+//     and as double) at the start of every block, so a read of an element no
+//     thread of the block wrote shows up in the results;
 //   * threadIdx, blockIdx, blockDim, gridDim are set by the scheduler;
 //     atomics are plain read-modify-writes (no fiber can interleave);
 //   * nvcuda::wmma (#include <mma.h>, kernels/cpu/mma.h) holds every fragment
@@ -38,6 +39,8 @@
 #error "cuda_on_cpu.h needs C++17 (-std=c++17)"
 #endif
 
+#include <dlfcn.h>
+#include <link.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdint.h>
@@ -49,6 +52,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <mutex>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -75,10 +79,12 @@ struct dim3 {
 };
 typedef dim3 uint3;
 
-inline thread_local uint3 threadIdx;
-inline thread_local uint3 blockIdx;
-inline thread_local dim3 blockDim;
-inline thread_local dim3 gridDim;
+// Plain globals: launches are serialized by gbemu::launch_mutex, so the only
+// thread_local storage of a kernel library is its shared memory (see poison).
+inline uint3 threadIdx;
+inline uint3 blockIdx;
+inline dim3 blockDim;
+inline dim3 gridDim;
 constexpr int warpSize = 32;
 
 // ---- device functions -----------------------------------------------------------
@@ -163,12 +169,14 @@ struct Launch {
     std::string error;
 };
 
-inline thread_local Launch* current_launch = nullptr;
-inline thread_local int schedule_order = 0;   // 0: threads 0, 1, ...; 1: reverse
+inline Launch* current_launch = nullptr;
+inline int schedule_order = 0;   // 0: threads 0, 1, ...; 1: reverse
+inline std::mutex launch_mutex;  // one launch at a time per library
+inline thread_local unsigned char tls_anchor;   // makes this thread's TLS block exist
 
 inline std::vector<char*>& stack_pool()
 {
-    static thread_local std::vector<char*> pool;
+    static std::vector<char*> pool;
     return pool;
 }
 
@@ -281,6 +289,45 @@ inline bool run_block(Launch& L, int n_threads)
     }
 }
 
+// This library's thread-local storage in the calling thread: all of it is
+// shared memory (every __shared__ array, static or extern), so filling it
+// with 0xFF bytes (NaN as float and double) at each block start makes a read
+// of an element no thread of the block wrote show up.  {nullptr, 0} where
+// the C library does not say (the extern arrays are then filled alone).
+struct TlsBlock {
+    unsigned char* data = nullptr;
+    size_t size = 0;
+};
+
+inline int find_tls(struct dl_phdr_info* info, size_t, void* out)
+{
+    const char* here = reinterpret_cast<const char*>(&find_tls);
+    bool mine = false;
+    size_t tls_size = 0;
+    for (int i = 0; i < info->dlpi_phnum; ++i) {
+        const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+        const char* start = reinterpret_cast<const char*>(info->dlpi_addr + ph.p_vaddr);
+        if (ph.p_type == PT_LOAD && here >= start && here < start + ph.p_memsz)
+            mine = true;
+        if (ph.p_type == PT_TLS)
+            tls_size = ph.p_memsz;
+    }
+    if (!mine)
+        return 0;
+    auto* block = static_cast<TlsBlock*>(out);
+    block->data = static_cast<unsigned char*>(info->dlpi_tls_data);
+    block->size = block->data ? tls_size : 0;
+    return 1;
+}
+
+inline TlsBlock shared_memory_block()
+{
+    *static_cast<volatile unsigned char*>(&tls_anchor) = 0;
+    TlsBlock block;
+    dl_iterate_phdr(find_tls, &block);
+    return block;
+}
+
 // Runs the whole grid; `dyn` are the extern __shared__ arrays to fill with NaN.
 inline int run_grid(const char* kernel, const unsigned* grid, const unsigned* block,
                     unsigned long long smem, void (*body)(void*), void* ctx,
@@ -300,7 +347,8 @@ inline int run_grid(const char* kernel, const unsigned* grid, const unsigned* bl
         }
         L.fibers[t].stack += kGuard;
     }
-    Launch* outer = current_launch;
+    std::lock_guard<std::mutex> lock(launch_mutex);
+    const TlsBlock tls = shared_memory_block();
     current_launch = &L;
     gridDim = dim3(grid[0], grid[1], grid[2]);
     blockDim = dim3(block[0], block[1], block[2]);
@@ -309,14 +357,17 @@ inline int run_grid(const char* kernel, const unsigned* grid, const unsigned* bl
         for (unsigned y = 0; y < grid[1] && rc == 0; ++y)
             for (unsigned x = 0; x < grid[0] && rc == 0; ++x) {
                 blockIdx = uint3(x, y, z);
-                for (int i = 0; i < n_dyn; ++i)
-                    memset(dyn[i], 0xFF, smem);
+                if (tls.data != nullptr)
+                    memset(tls.data, 0xFF, tls.size);
+                else
+                    for (int i = 0; i < n_dyn; ++i)
+                        memset(dyn[i], 0xFF, smem);
                 if (!run_block(L, n_threads)) {
                     snprintf(err, errlen, "%s", L.error.c_str());
                     rc = 1;
                 }
             }
-    current_launch = outer;
+    current_launch = nullptr;
     return rc;
 }
 
