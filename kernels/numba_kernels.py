@@ -5,7 +5,10 @@ delta_propagate.cu and weight_update.cu (read those files' headers and
 README.md): a shared-memory tiled GEMM with a strided THREAD_M x THREAD_N
 register micro-tile per thread, zero-filled edge tiles, guarded stores and
 the element-wise part (bias + activation, * sigma'(a), the SGD update) fused
-into the epilogue.  The tile sizes are the ones the .cu builds get
+into the epilogue; the weight gradient split over the batch into chunks
+whose partial sums are added in a fixed order (deterministic).  Two
+differences forced by numba: sizes come from the arrays' shapes, and the
+partials are a 2-D array part[chunk, N * K + N] (weight_update.cu: flat).  The tile sizes are the ones the .cu builds get
 (`GEMM_TILES`, `BIAS_ROWS` in kernels/__init__.py); the activation switch is
 built from the table of gpubackprop/activations.py (its scalar functions,
 compiled as device functions).
@@ -47,8 +50,9 @@ from . import BIAS_ROWS, GEMM_TILES  # noqa: E402
 
 from gpubackprop import activations  # noqa: E402
 
-# weight_update / bias_update modes (weight_update.cu)
+# weight_update / bias_update / update_reduce modes (weight_update.cu)
 GRADIENT, SGD = 0, 1
+REDUCE_THREADS, REDUCE_BLOCKS = 256, 4096     # update_reduce's launch (weight_update.cu)
 
 IDENTITY = activations.CODES["identity"]
 
@@ -124,9 +128,11 @@ def _cdiv(a, b):
 def kernels(dtype):
     """The kernels for `dtype` (float32 or float64), as a namespace:
     .sigma, .dsigma_from_a (device functions), .dense_forward,
-    .delta_propagate, .weight_update, .bias_update (kernels), and their
-    launch shapes: .threads (GEMM block), .gemm_grid(rows, cols),
-    .bias_block, .bias_grid(n)."""
+    .delta_propagate, .weight_update, .bias_update, .update_reduce (kernels),
+    and their launch shapes: .threads (GEMM block), .gemm_grid(rows, cols),
+    .update_grid(n_out, n_in, chunks), .bias_block, .bias_grid(n, chunks),
+    .reduce_threads, .reduce_grid(n_params).  The batch split (how many
+    chunks) is kernels.update_chunks, as for weight_update.cu."""
     dt = np.dtype(dtype)
     if dt not in (np.float32, np.float64):
         raise TypeError(f"numba kernels are built for float32 and float64, not {dt}")
@@ -161,6 +167,14 @@ def kernels(dtype):
             v[idx] = vn
             g = vn
         p[idx] = w - lr * g
+
+    @cuda.jit(device=True, inline="always")
+    def finish(p, v, d, idx, g, lr, momentum, weight_decay, mode):
+        """The gradient entry g of parameter idx: written (GRADIENT) or applied (SGD)."""
+        if mode == GRADIENT:
+            d[idx] = g
+        else:
+            sgd_apply(p, v, idx, g, lr, momentum, weight_decay)
 
     @cuda.jit(device=True, inline="always")
     def load_tile(src, row0, nrows, col0, ncols, tile, ROWS, COLS, NLOADS, transpose, tid):
@@ -270,13 +284,17 @@ def kernels(dtype):
                             out[m, n] = acc[i, j] * dsigma_from_a(act, a_prev[m, n])
 
     @cuda.jit
-    def weight_update(delta, a_prev, W, vW, dW, scale, lr, momentum, weight_decay, mode):
+    def weight_update(delta, a_prev, W, vW, dW, part, rows, scale, lr, momentum,
+                      weight_decay, mode):
         """mode SGD: W -= lr * v with g = scale * delta.T @ a_prev + wd * W (fused);
         mode GRADIENT: dW = scale * delta.T @ a_prev.  delta (B, N), a_prev (B, K),
-        W, vW, dW (N, K).  Arrays a mode does not touch (dW for SGD, W and vW
-        for GRADIENT, vW when momentum == 0) may be any 2-D array of the dtype,
-        e.g. a (1, 1) placeholder; under the simulator not an alias of a used
-        one (it copies NumPy arguments back one by one)."""
+        W, vW, dW (N, K), part (chunks, N * K + N).  Block z sums the batch rows
+        [z * rows, (z + 1) * rows); with more than one chunk it writes its
+        unscaled partial sums to part[z] and update_reduce finishes.  Arrays a
+        mode does not touch (dW for SGD, W and vW for GRADIENT, vW when
+        momentum == 0, part with one chunk) may be any array of the dtype and
+        rank, e.g. a (1, 1) placeholder; under the simulator not an alias of a
+        used one (it copies NumPy arguments back one by one)."""
         Ds = cuda.shared.array((TILE_K, TILE_M), DT)
         As = cuda.shared.array((TILE_K, TILE_N), DT)
         acc = cuda.local.array((THREAD_M, THREAD_N), DT)
@@ -290,10 +308,12 @@ def kernels(dtype):
         ty = tid // NTX
         j0 = cuda.blockIdx.x * TILE_M
         k0 = cuda.blockIdx.y * TILE_N
+        b_begin = cuda.blockIdx.z * rows                 # this chunk of the batch
+        b_end = min(b_begin + rows, B)
         zero_acc(acc)
-        for b0 in range(0, B, TILE_K):
-            load_tile(delta, b0, B, j0, N, Ds, TILE_K, TILE_M, LOADS_MK, False, tid)
-            load_tile(a_prev, b0, B, k0, K, As, TILE_K, TILE_N, LOADS_NK, False, tid)
+        for b0 in range(b_begin, b_end, TILE_K):
+            load_tile(delta, b0, b_end, j0, N, Ds, TILE_K, TILE_M, LOADS_MK, False, tid)
+            load_tile(a_prev, b0, b_end, k0, K, As, TILE_K, TILE_N, LOADS_NK, False, tid)
             cuda.syncthreads()
             mma_tile(Ds, As, df, af, acc, tx, ty)
             cuda.syncthreads()
@@ -303,45 +323,70 @@ def kernels(dtype):
                 for j in range(THREAD_N):
                     kc = k0 + tx + j * NTX
                     if kc < K:
-                        g = scale * acc[i, j]
-                        if mode == GRADIENT:
-                            dW[jr, kc] = g
+                        if cuda.gridDim.z > 1:
+                            part[cuda.blockIdx.z, jr * K + kc] = acc[i, j]
                         else:
-                            sgd_apply(W, vW, (jr, kc), g, lr, momentum, weight_decay)
+                            finish(W, vW, dW, (jr, kc), scale * acc[i, j], lr, momentum,
+                                   weight_decay, mode)
 
     @cuda.jit
-    def bias_update(delta, b, vb, db, scale, lr, momentum, weight_decay, mode):
-        """The bias twin of weight_update with g = scale * delta.sum(0);
-        block (32, BIAS_ROWS), a fixed-order shared-memory reduction."""
-        part = cuda.shared.array((BIAS_ROWS, BIAS_PAD), DT)
+    def bias_update(delta, b, vb, db, part, rows, scale, lr, momentum, weight_decay, mode):
+        """The bias twin of weight_update with g = scale * delta.sum(0): block
+        (32, BIAS_ROWS), a fixed-order shared-memory reduction; block y sums
+        the chunk [y * rows, (y + 1) * rows) of the batch."""
+        sums = cuda.shared.array((BIAS_ROWS, BIAS_PAD), DT)
         B = delta.shape[0]
         N = delta.shape[1]
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         j = cuda.blockIdx.x * 32 + tx
+        b_begin = cuda.blockIdx.y * rows
+        b_end = min(b_begin + rows, B)
         s = ZERO
         if j < N:
-            for r in range(ty, B, BIAS_ROWS):
+            for r in range(b_begin + ty, b_end, BIAS_ROWS):
                 s += delta[r, j]
-        part[ty, tx] = s
+        sums[ty, tx] = s
         cuda.syncthreads()
         if ty == 0 and j < N:
             t = ZERO
-            for y in range(BIAS_ROWS):
-                t += part[y, tx]
-            g = scale * t
-            if mode == GRADIENT:
-                db[j] = g
+            for y in range(BIAS_ROWS):           # fixed order: deterministic
+                t += sums[y, tx]
+            if cuda.gridDim.y > 1:
+                part[cuda.blockIdx.y, part.shape[1] - N + j] = t
             else:
-                sgd_apply(b, vb, j, g, lr, momentum, weight_decay)
+                finish(b, vb, db, j, scale * t, lr, momentum, weight_decay, mode)
+
+    @cuda.jit
+    def update_reduce(part, W, vW, dW, b, vb, db, N, K, scale, lr, momentum, weight_decay,
+                      mode):
+        """The chunks' partial sums added in the fixed order 0, 1, ..., then
+        scaled and applied as weight_update's mode: one thread per parameter
+        of [W | b] (a grid-stride loop); W, dW (N, K)."""
+        NK = N * K
+        P = NK + N
+        p = cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x
+        while p < P:
+            g = ZERO
+            for c in range(part.shape[0]):
+                g += part[c, p]
+            g = scale * g
+            if p < NK:
+                finish(W, vW, dW, (p // K, p % K), g, lr, momentum, weight_decay, mode)
+            else:
+                finish(b, vb, db, p - NK, g, lr, momentum, weight_decay, mode)
+            p += cuda.gridDim.x * cuda.blockDim.x
 
     return pytypes.SimpleNamespace(
         dtype=dt, tiles=dict(t), sigma=sigma, dsigma_from_a=dsigma_from_a,
         dense_forward=dense_forward, delta_propagate=delta_propagate,
-        weight_update=weight_update, bias_update=bias_update,
-        threads=NTHREADS, bias_block=(32, BIAS_ROWS),
+        weight_update=weight_update, bias_update=bias_update, update_reduce=update_reduce,
+        threads=NTHREADS, bias_block=(32, BIAS_ROWS), reduce_threads=REDUCE_THREADS,
         gemm_grid=lambda rows, cols: (_cdiv(rows, TILE_M), _cdiv(cols, TILE_N)),
-        bias_grid=lambda n: (_cdiv(n, 32),))
+        update_grid=lambda n_out, n_in, chunks: (_cdiv(n_out, TILE_M), _cdiv(n_in, TILE_N),
+                                                 chunks),
+        bias_grid=lambda n, chunks=1: (_cdiv(n, 32), chunks),
+        reduce_grid=lambda n_params: (min(_cdiv(n_params, REDUCE_THREADS), REDUCE_BLOCKS),))
 
 
 def probe_ptx(cc):

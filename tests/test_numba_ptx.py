@@ -41,8 +41,10 @@ BUILD = textwrap.dedent(r"""
         cases = {
             "dense_forward": (k.dense_forward, (A2, A2, A1, A2, i)),
             "delta_propagate": (k.delta_propagate, (A2, A2, A2, A2, i)),
-            "weight_update": (k.weight_update, (A2, A2, A2, A2, A2, f, f, f, f, i)),
-            "bias_update": (k.bias_update, (A2, A1, A1, A1, f, f, f, f, i)),
+            "weight_update": (k.weight_update, (A2, A2, A2, A2, A2, A2, i, f, f, f, f, i)),
+            "bias_update": (k.bias_update, (A2, A1, A1, A1, A2, i, f, f, f, f, i)),
+            "update_reduce": (k.update_reduce, (A2, A2, A2, A2, A1, A1, A1, i, i,
+                                                f, f, f, f, i)),
             # the widest the twin takes on a GPU (fm.static_smem_bytes)
             "fused_forward": (fm.kernels(dt, 48 if dt is np.float32 else 16)["fused_forward"],
                               (A2, I1, i, i, A1, I1i, I1i, A1)),
@@ -122,7 +124,7 @@ def test_libnvvm_is_found_when_pathfinder_gives_up(tmp_path):
 def test_numba_kernels_compile_for_the_gpu_without_spills(cc, tmp_path):
     ptxas = shutil.which("ptxas") or "/usr/local/cuda/bin/ptxas"
     ptx_by_kernel = _build(cc, tmp_path)
-    assert len(ptx_by_kernel) == 10
+    assert len(ptx_by_kernel) == 12
     if not os.path.exists(ptxas):
         pytest.skip("ptxas is not installed: PTX built, not assembled")
     for name, ptx in ptx_by_kernel.items():

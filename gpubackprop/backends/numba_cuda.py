@@ -195,17 +195,27 @@ class NumbaCudaBackend(Backend):
 
     def weight_gradient(self, delta, a_prev, scale, dW=None, db=None):
         delta, a_prev = self._in(delta), self._in(a_prev)
-        n_out, n_in = delta.shape[1], a_prev.shape[1]
+        B, n_out, n_in = delta.shape[0], delta.shape[1], a_prev.shape[1]
         wbuf, wcopy = self._out(dW, (n_out, n_in), delta.dtype)
         bbuf, bcopy = self._out(db, (n_out,), delta.dtype)
         u2, u1 = self._unused(delta.dtype)
         k = self._kernels(delta.dtype)
         s = delta.dtype.type
-        scalars = (s(scale), s(0), s(0), s(0), GRADIENT)
+        hyper = (s(scale), s(0), s(0), s(0), GRADIENT)
+        # the batch split of weight_update.cu: enough blocks to fill the GPU
+        chunks, rows = self._kp.update_chunks(B, n_out, n_in, delta.dtype.name) \
+            if n_out and n_in else (1, max(B, 1))
+        part = self.xp.empty((chunks, n_out * n_in + n_out), delta.dtype) if chunks > 1 \
+            else u2
+        rows = np.int32(rows)
         if n_out and n_in:                    # B == 0: the kernels write zero sums
-            self._run(k, "weight_update", k.gemm_grid(n_out, n_in), k.threads, delta, a_prev,
-                      u2, u2, wbuf, *scalars)
+            self._run(k, "weight_update", k.update_grid(n_out, n_in, chunks), k.threads,
+                      delta, a_prev, u2, u2, wbuf, part, rows, *hyper)
         if n_out:
-            self._run(k, "bias_update", k.bias_grid(n_out), k.bias_block, delta, u1, u1, bbuf,
-                      *scalars)
+            self._run(k, "bias_update", k.bias_grid(n_out, chunks), k.bias_block, delta, u1,
+                      u1, bbuf, part, rows, *hyper)
+        if chunks > 1:
+            self._run(k, "update_reduce", k.reduce_grid(part.shape[1]), k.reduce_threads,
+                      part, u2, u2, wbuf, u1, u1, bbuf, np.int32(n_out), np.int32(n_in),
+                      *hyper)
         return copy_back(wbuf, dW, wcopy), copy_back(bbuf, db, bcopy)

@@ -185,48 +185,73 @@ def test_delta_propagate_odd_shapes(shape, dtype):
     check_delta("tanh", dtype, shape, seed=4)
 
 
-@pytest.mark.parametrize("shape,dtype", SHAPE_CASES, ids=_ids)
-def test_weight_gradient_kernels(shape, dtype):
+def run_update(k, delta, a_prev, W, vW, dW, b, vb, db, scale, lr, momentum, weight_decay,
+               mode, chunks):
+    """weight_update + bias_update (+ update_reduce) as weight_update.cu's
+    launcher runs them, with the batch split into `chunks` ranges.  Arrays a
+    mode does not touch are placeholders, never aliases of used ones (the
+    simulator copies NumPy arguments back one by one)."""
+    B, N, K = delta.shape[0], delta.shape[1], a_prev.shape[1]
+    rows = -(-B // chunks)
+    chunks = -(-B // rows)
+    s = np.dtype(delta.dtype).type
+    hyper = (s(scale), s(lr), s(momentum), s(weight_decay), mode)
+    part = np.full((chunks, N * K + N), np.nan, delta.dtype) if chunks > 1 \
+        else np.empty((1, 1), delta.dtype)
+    k.weight_update[k.update_grid(N, K, chunks), k.threads](
+        delta, a_prev, W, vW, dW, part, np.int32(rows), *hyper)
+    k.bias_update[k.bias_grid(N, chunks), k.bias_block](
+        delta, b, vb, db, part, np.int32(rows), *hyper)
+    if chunks > 1:
+        k.update_reduce[k.reduce_grid(N * K + N), k.reduce_threads](
+            part, W, vW, dW, b, vb, db, np.int32(N), np.int32(K), *hyper)
+    return chunks
+
+
+# every shape in one chunk; two of them split in three (the simulator runs a
+# block of 256 threads in about a second: few cases)
+UPDATE_CASES = [(s, dt, 1) for s, dt in SHAPE_CASES] + [
+    ((17, 33, 3), np.float32, 3), ((33, 17, 7), np.float64, 3)]
+
+
+@pytest.mark.parametrize("shape,dtype,chunks", UPDATE_CASES, ids=_ids)
+def test_weight_gradient_kernels(shape, dtype, chunks):
+    """Mode GRADIENT, the whole batch in one block row (chunks=1) or split in
+    three ranges reduced by update_reduce."""
     B, n_in, n_out = shape
     rng = np.random.default_rng(5)
     delta = rand(rng, (B, n_out), dtype)
     a_prev = rand(rng, (B, n_in), dtype)
     scale = 1.0 / B
-    k = nk.kernels(dtype)
     dW = np.full((n_out, n_in), np.nan, dtype)
     db = np.full((n_out,), np.nan, dtype)
-    s = np.dtype(dtype).type
-    args = (s(scale), s(0), s(0), s(0), nk.GRADIENT)
-    # placeholders for the arrays mode GRADIENT never touches (not aliases of
-    # dW/db: the simulator copies NumPy arguments back one by one)
-    u2, u1 = np.empty((1, 1), dtype), np.empty((1,), dtype)
-    k.weight_update[k.gemm_grid(n_out, n_in), k.threads](delta, a_prev, u2, u2, dW, *args)
-    k.bias_update[k.bias_grid(n_out), k.bias_block](delta, u1, u1, db, *args)
+    u2, u1 = np.empty((1, 1), dtype), np.empty((1,), dtype)    # W, vW, b, vb
+    run_update(nk.kernels(dtype), delta, a_prev, u2, u2, dW, u1, u1, db, scale, 0, 0, 0,
+               nk.GRADIENT, chunks)
     dW_ref, db_ref = REF.weight_gradient(delta.astype(np.float64), a_prev.astype(np.float64),
                                          scale)
     assert rel_err(dW, dW_ref) < TOL[dtype]
     assert rel_err(db, db_ref) < TOL[dtype]
 
 
-SGD_CASES = [  # (shape, dtype, momentum, weight_decay)
-    ((17, 33, 3), np.float32, 0.9, 1e-2),
-    ((33, 7, 17), np.float64, 0.9, 1e-2),
-    ((3, 17, 33), np.float32, 0.0, 0.0),
-    ((7, 3, 1), np.float64, 0.0, 5e-2),
-    ((1, 1, 7), np.float64, 0.5, 0.0),
+SGD_CASES = [  # (shape, dtype, momentum, weight_decay, chunks)
+    ((17, 33, 3), np.float32, 0.9, 1e-2, 1),
+    ((33, 7, 17), np.float64, 0.9, 1e-2, 2),
+    ((3, 17, 33), np.float32, 0.0, 0.0, 1),
+    ((7, 3, 1), np.float64, 0.0, 5e-2, 2),
+    ((1, 1, 7), np.float64, 0.5, 0.0, 1),
 ]
 
 
-@pytest.mark.parametrize("shape,dtype,momentum,weight_decay", SGD_CASES,
+@pytest.mark.parametrize("shape,dtype,momentum,weight_decay,chunks", SGD_CASES,
                          ids=lambda v: _ids(v) if isinstance(v, tuple) else str(v))
-def test_fused_sgd_update_kernels(shape, dtype, momentum, weight_decay):
+def test_fused_sgd_update_kernels(shape, dtype, momentum, weight_decay, chunks):
     """Mode SGD of weight_update/bias_update (the twin of weight_update.cu's
     fused update): two steps, so the velocity is read back, against the
     gradient of the reference backend and optim.SGD.step in float64."""
     B, n_in, n_out = shape
     rng = np.random.default_rng(6)
     k = nk.kernels(dtype)
-    s = np.dtype(dtype).type
     W, b = rand(rng, (n_out, n_in), dtype), rand(rng, (n_out,), dtype)
     vW = rand(rng, (n_out, n_in), dtype, 0.1) if momentum else np.empty((1, 1), dtype)
     vb = rand(rng, (n_out,), dtype, 0.1) if momentum else np.empty((1,), dtype)
@@ -236,12 +261,11 @@ def test_fused_sgd_update_kernels(shape, dtype, momentum, weight_decay):
     if momentum:
         state.velocities = [(vW.astype(np.float64), vb.astype(np.float64))]
     scale = 1.0 / B
-    args = (s(scale), s(opt.lr), s(momentum), s(weight_decay), nk.SGD)
     u2, u1 = np.empty((1, 1), dtype), np.empty((1,), dtype)   # dW, db: not written
     for _ in range(2):
         delta, a_prev = rand(rng, (B, n_out), dtype), rand(rng, (B, n_in), dtype)
-        k.weight_update[k.gemm_grid(n_out, n_in), k.threads](delta, a_prev, W, vW, u2, *args)
-        k.bias_update[k.bias_grid(n_out), k.bias_block](delta, b, vb, u1, *args)
+        run_update(k, delta, a_prev, W, vW, u2, b, vb, u1, scale, opt.lr, momentum,
+                   weight_decay, nk.SGD, chunks)
         grads = [REF.weight_gradient(delta.astype(np.float64), a_prev.astype(np.float64),
                                      scale)]
         opt.step(params64, grads, state)
@@ -304,13 +328,20 @@ def test_backend_output_delta_and_gradients(dtype):
     assert rel_err(prev, d.astype(np.float64) @ W.astype(np.float64)) < TOL[dtype]
 
 
-def test_weight_gradient_is_deterministic():
+def test_backend_splits_a_long_batch_deterministically():
+    """256 rows of a 3 -> 7 layer: kernels.update_chunks splits the batch (as
+    for weight_update.cu); the result matches the reference and repeats bitwise."""
+    from gpubackprop.kernels import update_chunks
+
+    assert update_chunks(256, 7, 3, "float32")[0] == 2
     rng = np.random.default_rng(9)
     be = NumbaCudaBackend(CPU)
-    delta, a_prev = rand(rng, (33, 7), np.float32), rand(rng, (33, 3), np.float32)
-    first = be.weight_gradient(delta, a_prev, 1 / 33)
-    second = be.weight_gradient(delta, a_prev, 1 / 33)
+    delta, a_prev = rand(rng, (256, 7), np.float32), rand(rng, (256, 3), np.float32)
+    first = be.weight_gradient(delta, a_prev, 1 / 256)
+    second = be.weight_gradient(delta, a_prev, 1 / 256)
     assert all(np.array_equal(x, y) for x, y in zip(first, second))
+    ref = REF.weight_gradient(delta.astype(np.float64), a_prev.astype(np.float64), 1 / 256)
+    assert all(rel_err(x, r) < TOL[np.float32] for x, r in zip(first, ref))
 
 
 def test_backend_composes_a_whole_backward_pass():
