@@ -17,8 +17,8 @@ keeps on the network's device, by part:
                  fused: the activation scratch and     B * sum(sizes[1:]) * itemsize
                  one gradient partial per 64-row tile    + ceil(B / 64) * P * itemsize
                  (one in all with deterministic=False)
-                 cuda: the batch-split partial sums     max over layers of
-                 of the weight gradient                  chunks * (n_out * n_in + n_out)
+                 cuda, numba on a GPU: the batch-split  max over layers of
+                 partial sums of the weight gradient     chunks * (n_out * n_in + n_out)
                                                          * itemsize (kernels.update_chunks)
                  others: 0
     step_costs   one cost per step of an epoch          ceil(N / B) * itemsize
@@ -108,7 +108,7 @@ def backend_scratch(backend, sizes, batch, dtype):
         tiles = math.ceil(batch / tile) if getattr(backend, "deterministic", True) else 1
         P = sum(o * i + o for i, o in layers)
         return (batch * sum(sizes[1:]) + tiles * P) * item
-    if name == "cuda":
+    if name == "cuda" or (name == "numba" and backend.device.kind == "cuda"):
         from .backends.gpu_common import kernels_package
 
         kp = kernels_package()
