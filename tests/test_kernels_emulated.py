@@ -318,3 +318,25 @@ def test_gpu_side_of_the_seam_with_a_recording_cupy(monkeypatch):
     with pytest.raises(KeyError, match="no kernel 'nope'"):
         m.get("nope")
     gpu.load.cache_clear()
+
+
+def test_launches_from_several_python_threads_agree():
+    """ctypes releases the GIL: launches from threads are serialized per library."""
+    import threading
+
+    fn = module("dense_forward.cu", "float64").get("dense_forward")
+    a, W, b = _data([(130, 70), (50, 70), (50,)], "float64", 1)
+
+    def run(out):
+        fn(*_gemm_grid(130, 50, "float64"), (a, W, b, out, i32(130), i32(50), i32(70), i32(2)))
+
+    ref = np.empty((130, 50))
+    run(ref)
+    outs = [np.empty((130, 50)) for _ in range(8)]
+    threads = [threading.Thread(target=run, args=(o,)) for o in outs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(np.array_equal(o, ref) for o in outs)
+    assert rel_err(ref, forward_ref(a, W, b, "tanh")) <= TOL["float64"]

@@ -333,6 +333,7 @@ inline int run_grid(const char* kernel, const unsigned* grid, const unsigned* bl
                     unsigned long long smem, void (*body)(void*), void* ctx,
                     unsigned char* const* dyn, int n_dyn, char* err, size_t errlen)
 {
+    std::lock_guard<std::mutex> lock(launch_mutex);   // the stacks and globals are shared
     Launch L;
     L.kernel = kernel;
     L.body = body;
@@ -347,7 +348,6 @@ inline int run_grid(const char* kernel, const unsigned* grid, const unsigned* bl
         }
         L.fibers[t].stack += kGuard;
     }
-    std::lock_guard<std::mutex> lock(launch_mutex);
     const TlsBlock tls = shared_memory_block();
     current_launch = &L;
     gridDim = dim3(grid[0], grid[1], grid[2]);
