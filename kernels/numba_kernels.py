@@ -8,10 +8,11 @@ the element-wise part (bias + activation, * sigma'(a), the SGD update) fused
 into the epilogue; the weight gradient split over the batch into chunks
 whose partial sums are added in a fixed order (deterministic).  Two
 differences forced by numba: sizes come from the arrays' shapes, and the
-partials are a 2-D array part[chunk, N * K + N] (weight_update.cu: flat).  The tile sizes are the ones the .cu builds get
-(`GEMM_TILES`, `BIAS_ROWS` in kernels/__init__.py); the activation switch is
-built from the table of gpubackprop/activations.py (its scalar functions,
-compiled as device functions).
+partials are a 2-D array part[chunk, N * K + N] (weight_update.cu: flat).
+The tile sizes are the ones the .cu builds get (`GEMM_TILES`, `BIAS_ROWS` in
+kernels/__init__.py); the activation switch is built from the table of
+gpubackprop/activations.py (its scalar functions, compiled as device
+functions).
 
 Kernels are built per dtype by `kernels(dtype)` (cached): numba needs the
 shared/local array shapes and element type as compile-time constants, so
