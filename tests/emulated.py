@@ -16,7 +16,7 @@ EMU = KP.emulator
 COMPILER, WHY_NOT = emulator_status()
 #: pytestmark for modules that need the emulator
 needs_emulator = pytest.mark.skipif(COMPILER is None, reason=f"no cuda-emulator: {WHY_NOT}")
-TOL = {"float32": 2e-5, "float64": 1e-12}
+TOL = {"float32": 1e-5, "float64": 1e-12}
 
 
 @functools.lru_cache(maxsize=None)

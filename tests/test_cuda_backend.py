@@ -105,12 +105,14 @@ def test_refuses_other_devices():
 
 
 @pytest.mark.parametrize("backend", ["cuda", "fused"])
+@pytest.mark.parametrize("sizes", [[20, 6], [20, 17, 6], [20, 9, 8, 7, 6]],
+                         ids=["depth1", "depth2", "depth4"])
 @pytest.mark.parametrize("dtype,loss,momentum", [("float64", "sse", 0.9),
                                                  ("float32", "cross_entropy", 0.0)])
-def test_trainer_fit_matches_the_numpy_backend(dev, backend, dtype, loss, momentum):
+def test_trainer_fit_matches_the_numpy_backend(dev, backend, sizes, dtype, loss, momentum):
     """gb.Trainer(...).fit on the device vs the numpy backend on the CPU, same seed:
-    the whole path (MLP, Trainer, the backend's fused train_epoch) for 2 epochs."""
-    sizes = [20, 17, 6]
+    the whole path (MLP, Trainer, the backend's fused train_epoch) for 2 epochs
+    of 75 rows in batches of 16 (a ragged last batch), weight decay 1e-3."""
     out_act = "softmax" if loss == "cross_entropy" else "sigmoid"
     _, X, Y = problem(sizes, 75, dtype, seed=11)
     nets = [gb.MLP.from_sizes(sizes, activation="tanh", output_activation=out_act, dtype=dtype,
