@@ -163,3 +163,13 @@ def test_tf32_build_failure_falls_back_to_fp32_with_one_warning(dev, monkeypatch
     with warnings.catch_warnings():
         warnings.simplefilter("error")                 # the warning comes once
         be.dense_forward(dev.asarray(X), dev.asarray(W), dev.asarray(b), "identity")
+
+
+def test_info_names_the_emulators_compiler(capsys):
+    from gpubackprop.cli import main
+    from gpubackprop.device import emulator_status
+
+    assert main(["info"]) == 0
+    compiler, why_not = emulator_status()
+    line = [ln for ln in capsys.readouterr().out.splitlines() if "cuda-emulator:" in ln]
+    assert line == [f"  cuda-emulator: {f'builds with {compiler}' if compiler else why_not}"]
