@@ -331,16 +331,15 @@ class NumbaCPUBackend(Backend):
         sizes = [params[0][0].shape[1]] + [W.shape[0] for W, _ in params]
         bs, n = hyper.batch_size, len(order)
         ws = self.workspace(sizes, bs, dtype)
-        item = numba.typeof(ws.x)
-        lists = [List.empty_list(item) for _ in range(5)]
-        for W, b in params:
-            lists[0].extend((W, b.reshape(1, -1)))
-        for vW, vb in state.velocities:
-            if vW is not None:
-                lists[1].extend((vW, vb.reshape(1, -1)))
-        lists[2].extend([ws.x, *ws.a])
-        lists[3].extend(ws.delta)
-        lists[4].extend([dW for dW, _ in ws.grads])
+        arrays = ([p for W, b in params for p in (W, b.reshape(1, -1))],
+                  [v for vW, vb in state.velocities if vW is not None
+                   for v in (vW, vb.reshape(1, -1))],
+                  [ws.x, *ws.a], ws.delta, [dW for dW, _ in ws.grads])
+        lists = []
+        for group in arrays:                  # typed Lists: one signature at every depth
+            lists.append(List.empty_list(numba.typeof(ws.x)))
+            for array in group:
+                lists[-1].append(array)
         codes = np.array([activations.CODES[a] for a in hyper.activations], np.int64)
         order = np.ascontiguousarray(order, np.int64)
         t = dtype.type
