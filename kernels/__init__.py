@@ -131,6 +131,14 @@ def activation_defines():
     return d
 
 
+def kernel_activations():
+    """The activations activations.cuh implements (lower-case names): those whose
+    GB_ACT_<NAME> code it requires.  A name registered in activations.py
+    later has no CUDA C form; the backends take the xp formulas for it or refuse it."""
+    text = (KERNEL_DIR / "activations.cuh").read_text()
+    return frozenset(n.lower() for n in re.findall(r"defined\(GB_ACT_(\w+)\)", text))
+
+
 def defines(name, dtype, atomic=False):
     """The -D defines (a dict) the launchers compile `name` with for `dtype`;
     `atomic` selects the FUSED_ATOMIC build of fused_mlp.cu."""

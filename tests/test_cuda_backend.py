@@ -173,3 +173,30 @@ def test_info_names_the_emulators_compiler(capsys):
     compiler, why_not = emulator_status()
     line = [ln for ln in capsys.readouterr().out.splitlines() if "cuda-emulator:" in ln]
     assert line == [f"  cuda-emulator: {f'builds with {compiler}' if compiler else why_not}"]
+
+
+def test_a_registered_activation_without_cuda_c_takes_the_xp_formulas(dev):
+    """activations.register adds rows the kernels do not know: the cuda backend
+    runs them with the xp formulas (never as the kernels' default branch), the
+    fused backend refuses them."""
+    from gpubackprop import activations
+    from gpubackprop.activations import Activation
+    from gpubackprop.backends.fused_backend import FusedBackend
+
+    activations.register(Activation("softsign", 99, lambda z: z / (1 + abs(z)),
+                                    lambda a: (1 - abs(a)) ** 2))
+    try:
+        sizes, acts = [9, 7, 3], ("softsign", "sigmoid")
+        params, X, Y = problem(sizes, 40, "float64", seed=8)
+        hyper = Hyper(acts, losses.get("sse"), 16, lr=0.3, momentum=0.5)
+        order = np.random.default_rng(0).permutation(40)
+        ref, _, _ = reference_epoch(params, X, Y, order, hyper)
+        p = [(dev.asarray(W), dev.asarray(b)) for W, b in params]
+        CudaBackend(dev).train_epoch(p, SGD(0.3, 0.5).init_state(p), dev.asarray(X),
+                                     dev.asarray(Y), dev.asarray(order), hyper)
+        for (W, b), (W0, b0) in zip(p, ref):
+            assert rel_err(_host(W), W0) <= TOL["float64"] and rel_err(_host(b), b0) <= 1e-12
+        with pytest.raises(ValueError, match="activation 'softsign'"):
+            FusedBackend(dev).check_network(sizes, acts, "float64")
+    finally:
+        activations.unregister("softsign")

@@ -12,8 +12,10 @@ It runs unchanged on a GPU ("cuda": CuPy arrays, NVRTC) and on the
 "cuda-emulator" device (NumPy arrays, the same .cu compiled for the CPU):
 every kernel is started through the seam `kernels.load(...).get(name)(grid,
 block, args)` with the same arguments.  Arrays must be float32 or float64
-(other dtypes take the base class's formulas); inputs that are not row-major
-contiguous are copied, an `out` that is not gets the result copied into it.
+and activations those of kernels/activations.cuh (anything else, such as an
+activation registered in activations.py, takes the base class's xp
+formulas); inputs that are not row-major contiguous are copied, an `out`
+that is not gets the result copied into it.
 
 TF32: ``CudaBackend(device, tf32=True)`` runs the float32 forward GEMM on
 tensor cores (sm_80+; about 1e-3 relative error, as PyTorch's allow_tf32).
@@ -27,7 +29,7 @@ import numpy as np
 from .. import activations
 from .base import Backend
 from .gpu_common import activation_code, cdiv, copy_back, device_unavailable_reason, \
-    elementwise, kernels_package, on_device, writable_out
+    elementwise, in_kernels, kernels_package, on_device, writable_out
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _INT32_MAX = 2**31 - 1
@@ -105,7 +107,7 @@ class CudaBackend(Backend):
 
     # -- the contract ----------------------------------------------------------
     def dense_forward(self, a_prev, W, b, activation, out=None):
-        if not self._supported(a_prev, W, b):
+        if not (self._supported(a_prev, W, b) and in_kernels(activation)):
             return super().dense_forward(a_prev, W, b, activation, out=out)
         xp = self.xp
         with on_device(self.device):
@@ -133,7 +135,7 @@ class CudaBackend(Backend):
 
     def output_delta(self, a, y, loss, activation, out=None):
         if not self._gpu or loss.name == "cross_entropy" or activation == "softmax" \
-                or not self._supported(a):
+                or not (self._supported(a) and in_kernels(activation)):
             return super().output_delta(a, y, loss, activation, out=out)
         cp = self.xp
         with on_device(self.device):           # delta = 2 (a - y) sigma'(a) in one kernel
@@ -143,7 +145,7 @@ class CudaBackend(Backend):
             return out
 
     def delta_propagate(self, delta, W, a_prev, activation, out=None):
-        if not self._supported(delta, W, a_prev):
+        if not (self._supported(delta, W, a_prev) and in_kernels(activation)):
             return super().delta_propagate(delta, W, a_prev, activation, out=out)
         with on_device(self.device):
             delta, W, a_prev = self._contiguous(delta, W, a_prev)

@@ -29,7 +29,8 @@ import numpy as np
 
 from .. import activations
 from .base import Backend
-from .gpu_common import cdiv, device_unavailable_reason, kernels_package, on_device, pointer
+from .gpu_common import cdiv, device_unavailable_reason, in_kernels, kernels_package, \
+    on_device, pointer
 
 SOURCE = "fused_mlp.cu"
 KERNEL_NAMES = ("fused_forward", "fused_backward", "fused_reduce_sgd")
@@ -74,7 +75,7 @@ def network_reason(sizes, acts, dtype, smem_limit=_KP.MAX_SHARED_OPTIN_BYTES):
     if str(np.dtype(dtype)) not in DTYPES:
         return f"the fused kernels run {' or '.join(DTYPES)}, not {np.dtype(dtype)}"
     for i, a in enumerate(acts):
-        if a not in activations.CODES or (a == "softmax" and i != L - 1):
+        if not in_kernels(a) or (a == "softmax" and i != L - 1):
             return f"layers[{i}]: activation {a!r} is not supported by the fused kernels"
     if max(sizes) > _INT32_MAX:
         return "a layer is wider than 2**31 - 1"

@@ -68,8 +68,22 @@ def cdiv(a, b):
     return -(-a // b)
 
 
+def in_kernels(activation):
+    """True if the CUDA C kernels implement `activation` (kernels/activations.cuh)."""
+    return activation in _kernel_activations()
+
+
+@functools.lru_cache(maxsize=1)
+def _kernel_activations():
+    return kernels_package().kernel_activations()
+
+
 def activation_code(activation):
-    """The integer code of an element-wise activation (activations.CODES)."""
+    """The integer code of an element-wise activation (activations.CODES);
+    ValueError for one the CUDA C kernels do not implement."""
+    if not in_kernels(activation):
+        raise ValueError(f"activation {activation!r} has no CUDA C form in "
+                         f"kernels/activations.cuh (it has {sorted(_kernel_activations())})")
     return activations.CODES[activation]
 
 
