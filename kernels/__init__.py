@@ -122,11 +122,14 @@ def kernel_parameters(text):
 
 
 def activation_defines():
-    """GB_ACT_<NAME>=code for every code of gpubackprop/activations.py, and the
-    leaky slope: the one table activations.cuh is compiled with."""
+    """GB_ACT_<NAME>=code from gpubackprop/activations.py (CODES) for every
+    activation activations.cuh implements, and the leaky slope: the one table
+    activations.cuh is compiled with."""
     from gpubackprop import activations
 
-    d = {f"GB_ACT_{name.upper()}": code for name, code in activations.CODES.items()}
+    known = kernel_activations()
+    d = {f"GB_ACT_{name.upper()}": code for name, code in activations.CODES.items()
+         if name in known}
     d["GB_LEAKY_SLOPE"] = repr(float(activations.LEAKY_SLOPE))
     return d
 

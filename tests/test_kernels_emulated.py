@@ -263,7 +263,9 @@ def test_activation_codes_come_from_activations_py_only():
     assert "#define GB_ACT_" not in text and "#define GB_LEAKY_SLOPE" not in text
     d = KP.activation_defines()
     assert {k[len("GB_ACT_"):].lower(): v for k, v in d.items() if k.startswith("GB_ACT_")} \
-        == activations.CODES
+        == {n: c for n, c in activations.CODES.items() if n in KP.kernel_activations()}
+    assert KP.kernel_activations() == {"identity", "sigmoid", "tanh", "relu", "leaky_relu",
+                                       "softplus", "softmax"}
 
 
 def test_gpu_side_of_the_seam_with_a_recording_cupy(monkeypatch):
