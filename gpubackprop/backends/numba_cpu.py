@@ -51,7 +51,7 @@ from .. import activations
 from ..checks import positive_int
 from .base import Backend
 
-_SOFTMAX = activations.CODES["softmax"]
+_SOFTMAX, _IDENTITY = activations.CODES["softmax"], activations.CODES["identity"]
 _CROSS_ENTROPY = 1          # losses.Loss.CODES: 0 squared error, 1 cross entropy
 NOTICE = "compiling the CPU kernels, first run only ..."
 
@@ -146,7 +146,7 @@ def _output_delta(a, y, loss_code, code, delta):
         if code == _SOFTMAX:
             for j in range(a.shape[1]):
                 delta[i, j] = a[i, j] * (delta[i, j] - ga)
-    if code != _SOFTMAX and code != 0:           # identity: sigma' = 1
+    if code != _SOFTMAX and code != _IDENTITY:   # identity: sigma' = 1
         _times_dsigma(delta, a, code)
 
 
@@ -180,7 +180,7 @@ def _sgd_update(W, b, vW, vb, delta, a_prev, dW, scale, lr, mu, wd, momentum):
     """optim.SGD.step with (dW, db) = scale (delta.T @ a_prev, delta.sum(0)),
     on W, b and their velocities vW, vb (not used without momentum):
     g = grad + wd p;  v = mu v + g;  p = p - lr v   (p = p - lr g without momentum).
-    wd p is added even for wd = 0: g + 0 is g, so the bits are SGD.step's."""
+    wd p is added even for wd = 0: g + 0 is g, the same arithmetic as SGD.step."""
     np.dot(delta.T, a_prev, dW)                  # sum over the batch of outer products
     for j in range(W.shape[0]):
         if momentum:
@@ -241,7 +241,7 @@ _TABLE_KERNELS = {f.__name__: f for f in (_dense_forward, _times_dsigma, _output
                                            _epoch)}
 _KERNEL_SETS = {}            # table key -> the globals of its kernels
 _table_key = None
-_checked = set()             # (table key, dtype) whose compiled epoch this process checked
+_checked = set()             # (table key, X and Y types): compiled epochs checked here
 
 
 def _use_table():
@@ -287,7 +287,7 @@ def _notice_if_slow(seconds=0.5):
 def _ready(args):
     """Compile or load the epoch for these arguments' types (zero steps), and
     recompile it if the cached code was built from another activation table."""
-    key = (_table_key, args[7].dtype)
+    key = (_table_key, numba.typeof(args[7]), numba.typeof(args[8]))   # X, Y
     if key in _checked:
         return
     with _notice_if_slow():
