@@ -203,36 +203,34 @@ def _sgd_update(W, b, vW, vb, delta, a_prev, dW, scale, lr, mu, wd, momentum):
 def _epoch(params, velocities, a, delta, dW, y, codes, X, Y, order, lr, mu, wd, loss_code,
            scale, tiny, step_costs):
     """The SGD steps over the batches order[0:B], order[B:2B], ... with B =
-    len(y) (the last may be smaller: `scale` is for B rows).  params = [W_1,
-    b_1 (1, n_1), W_2, ...] and velocities (the same, or empty) are updated in
-    place; a (a_0..a_L), delta, dW and y are (B, n) buffers.  step_costs[s] =
-    step s's sum of C0; stops before the update of the first step whose cost
-    is not finite.  Returns (n_correct, bad_step, _TABLE_HASH)."""
-    L, n, B = len(codes), order.shape[0], y.shape[0]
+    len(y) rows each (len(order) is a multiple of B; `scale` is for B rows).
+    params = [W_1, b_1 (1, n_1), W_2, ...] and velocities (the same, or
+    empty) are updated in place; a (a_0..a_L), delta, dW and y are the (B, n)
+    buffers.  step_costs[s] = step s's sum of C0; stops before the update of
+    the first step whose cost is not finite.  Returns (n_correct, bad_step,
+    _TABLE_HASH)."""
+    L, B = len(codes), y.shape[0]
     momentum = len(velocities) > 0
     n_correct, bad_step = 0, -1
     for s in range(step_costs.shape[0]):
-        rows = min(B, n - s * B)                     # the first rows of each buffer
-        _gather(X, order, s * B, a[0][:rows])
-        _gather(Y, order, s * B, y[:rows])
+        _gather(X, order, s * B, a[0])
+        _gather(Y, order, s * B, y)
         for l in range(L):                           # forward
-            _dense_forward(a[l][:rows], params[2 * l], params[2 * l + 1][0], codes[l],
-                           a[l + 1][:rows])
-        cost, correct = _cost(a[L][:rows], y[:rows], loss_code, codes[L - 1], tiny)
+            _dense_forward(a[l], params[2 * l], params[2 * l + 1][0], codes[l], a[l + 1])
+        cost, correct = _cost(a[L], y, loss_code, codes[L - 1], tiny)
         step_costs[s] = cost
         if not math.isfinite(cost):
             bad_step = s
             break
         n_correct += correct
-        _output_delta(a[L][:rows], y[:rows], loss_code, codes[L - 1], delta[L - 1][:rows])
-        for l in range(L - 1, 0, -1):                # backward, with the old W's
-            np.dot(delta[l][:rows], params[2 * l], delta[l - 1][:rows])
-            _times_dsigma(delta[l - 1][:rows], a[l][:rows], codes[l - 1])
-        for l in range(L):                           # gradient fused with the update
+        _output_delta(a[L], y, loss_code, codes[L - 1], delta[L - 1])
+        for l in range(L - 1, -1, -1):               # backward, layer by layer:
             W, b = params[2 * l], params[2 * l + 1][0]
+            if l > 0:                                # delta through the old W_l, then
+                np.dot(delta[l], W, delta[l - 1])    # W_l's gradient and update
+                _times_dsigma(delta[l - 1], a[l], codes[l - 1])
             vW, vb = (velocities[2 * l], velocities[2 * l + 1][0]) if momentum else (W, b)
-            _sgd_update(W, b, vW, vb, delta[l][:rows], a[l][:rows], dW[l], scale, lr, mu, wd,
-                        momentum)
+            _sgd_update(W, b, vW, vb, delta[l], a[l], dW[l], scale, lr, mu, wd, momentum)
     return n_correct, bad_step, _TABLE_HASH
 
 
@@ -290,8 +288,8 @@ def _ready(args):
     key = (_table_key, numba.typeof(args[7]), numba.typeof(args[8]))   # X, Y
     if key in _checked:
         return
-    with _notice_if_slow():
-        if _epoch(*args[:9], args[9][:0], *args[10:-1], args[-1][:0])[2] != _TABLE_HASH:
+    with _notice_if_slow():          # zero steps: compiles, or loads from the cache
+        if _epoch(*args[:-1], args[-1][:0])[2] != _TABLE_HASH:
             _epoch.recompile()
     _checked.add(key)
 
@@ -337,37 +335,45 @@ class NumbaCPUBackend(Backend):
         sizes = [params[0][0].shape[1]] + [W.shape[0] for W, _ in params]
         bs, n = hyper.batch_size, len(order)
         ws = self.workspace(sizes, bs, dtype)
-        arrays = ([p for W, b in params for p in (W, b.reshape(1, -1))],
-                  [v for vW, vb in state.velocities if vW is not None
-                   for v in (vW, vb.reshape(1, -1))],
-                  [ws.x, *ws.a], ws.delta, [dW for dW, _ in ws.grads])
-        lists = []
-        for group in arrays:                  # typed Lists: one signature at every depth
-            lists.append(List.empty_list(numba.typeof(ws.x)))
-            for array in group:
-                lists[-1].append(array)
         codes = np.array([activations.CODES[a] for a in hyper.activations], np.int64)
         order = np.ascontiguousarray(order, np.int64)
-        t = dtype.type
-        args = [*lists, ws.y, codes, np.ascontiguousarray(X, dtype),
-                np.ascontiguousarray(Y, dtype), order, t(hyper.lr), t(hyper.momentum),
-                t(hyper.weight_decay), hyper.loss.code, None, t(np.finfo(dtype).tiny), None]
+        X, Y, t = np.ascontiguousarray(X, dtype), np.ascontiguousarray(Y, dtype), dtype.type
         step_costs = np.full(-(-n // bs), np.nan)
         n_correct, full = 0, n // bs * bs
         with self._blas_threads():
-            # the full batches, then the last, smaller one with its own scale
+            # the full batches, then the last, smaller one (its own buffers and scale)
             for first, stop in ((0, full), (full, n)):
                 if stop == first:
                     continue
-                args[9] = order[first:stop]
-                args[-3] = t(hyper.scale(min(bs, stop - first), sizes[-1]))
-                args[-1] = step_costs[first // bs:-(-stop // bs)]
+                rows = min(bs, stop - first)
+                args = (*self._lists(params, state, ws, rows), ws.y[:rows], codes, X, Y,
+                        order[first:stop], t(hyper.lr), t(hyper.momentum),
+                        t(hyper.weight_decay), hyper.loss.code,
+                        t(hyper.scale(rows, sizes[-1])), t(np.finfo(dtype).tiny),
+                        step_costs[first // bs:-(-stop // bs)])
                 _ready(args)
                 correct, bad_step, _ = _epoch(*args)
                 n_correct += correct
                 if bad_step >= 0:
                     return step_costs, n_correct, first // bs + bad_step
         return step_costs, n_correct, -1
+
+    @staticmethod
+    def _lists(params, state, ws, rows):
+        """Typed Lists (one compiled signature at every depth) of the 2-D arrays:
+        [W_1, b_1 (1, n_1), ...], the velocities alike (or none), the first
+        `rows` rows of a_0..a_L and of the deltas, and the dW buffers."""
+        groups = ([p for W, b in params for p in (W, b.reshape(1, -1))],
+                  [v for vW, vb in state.velocities if vW is not None
+                   for v in (vW, vb.reshape(1, -1))],
+                  [a[:rows] for a in (ws.x, *ws.a)], [d[:rows] for d in ws.delta],
+                  [dW for dW, _ in ws.grads])
+        lists = []
+        for group in groups:
+            lists.append(List.empty_list(numba.typeof(ws.x)))
+            for array in group:
+                lists[-1].append(array)
+        return lists
 
     def _blas_threads(self):
         """A context running BLAS on self.threads threads (no-op for None)."""
