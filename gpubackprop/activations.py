@@ -16,9 +16,11 @@ from `a`:
 TABLE holds one Activation per name: its integer `code` (compiled kernels
 switch on it), its scalar math `sigma(z)` and `dsigma(a)` as plain Python on
 one number (numba's njit and numba.cuda.jit compile these same functions:
-see `dispatcher`), and optionally whole-array forms for NumPy/CuPy.  Adding
-an activation is one `register(Activation(...))`; without array forms the
-scalar ones are vectorised.
+see `dispatcher`), and optionally whole-array forms for NumPy/CuPy (written
+for numerical stability or speed; without them the scalar forms are
+vectorised).  Adding an activation is one more row in the list registered
+below (or `register(Activation(...))` at run time, as tests/test_activations.py
+does); the compiled CPU epoch and the GPU kernels take it from here.
 """
 import math
 from typing import Callable, NamedTuple, Optional
