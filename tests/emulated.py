@@ -11,6 +11,7 @@ from gpubackprop import activations
 from gpubackprop.backends.gpu_common import kernels_package
 from gpubackprop.device import emulator_status
 
+
 KP = kernels_package()
 EMU = KP.emulator
 COMPILER, WHY_NOT = emulator_status()
@@ -35,14 +36,6 @@ def device():
 def module(file, dtype, atomic=False):
     """The emulated module of `file` as the launchers build it."""
     return KP.load(file, KP.defines(file, dtype, atomic), dtype, device())
-
-
-def rel_err(got, ref):
-    """max |got - ref| / max |ref| (ref is float64)."""
-    got = np.asarray(got, dtype=np.float64)
-    scale = np.abs(ref).max()
-    return float(np.abs(got - ref).max() / (scale if scale else 1.0))
-
 
 def forward_ref(a_prev, W, b, act):
     z = a_prev.astype(np.float64) @ W.astype(np.float64).T + b.astype(np.float64)

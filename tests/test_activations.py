@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import rel_err
+from reference import rel_err
 from numba import njit
 
 import gpubackprop as gb

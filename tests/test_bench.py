@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import rel_err
+from reference import rel_err
 from gpubackprop import bench
 from gpubackprop.bench import cli, machine, run
 

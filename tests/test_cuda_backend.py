@@ -13,7 +13,8 @@ from gpubackprop.backends.base import Hyper
 from gpubackprop.backends.cuda_backend import CudaBackend
 from gpubackprop.optim import SGD
 
-from emulated import TOL, build_all, forward_ref, needs_emulator, problem, reference_epoch, rel_err
+from emulated import TOL, build_all, forward_ref, needs_emulator, problem, reference_epoch
+from reference import rel_err
 
 DEVICES = ["cuda-emulator"] + [d for d in gb.available_devices() if d.startswith("cuda:")][:1]
 

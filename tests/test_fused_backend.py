@@ -15,7 +15,8 @@ from gpubackprop.backends.base import Hyper
 from gpubackprop.backends.fused_backend import FusedBackend, shared_bytes
 from gpubackprop.optim import SGD
 
-from emulated import TOL, build_all, needs_emulator, problem, reference_epoch, rel_err
+from emulated import TOL, build_all, needs_emulator, problem, reference_epoch
+from reference import rel_err
 
 DEVICES = ["cuda-emulator"] + [d for d in gb.available_devices() if d.startswith("cuda:")][:1]
 

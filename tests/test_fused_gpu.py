@@ -23,6 +23,8 @@ from gpubackprop.activations import HIDDEN_NAMES
 from gpubackprop.backends.base import Backend, Hyper
 from gpubackprop.device import cuda_status
 
+from reference import rel_err
+
 from emulated import problem, reference_epoch
 
 _N_GPUS, _REASON = cuda_status()
@@ -54,14 +56,6 @@ def _ids(c):
 def _host(x):
     return gb.device("cpu").asarray(x)
 
-
-def _rel(x, ref):
-    """max |x - ref| / max |ref|, ref in float64."""
-    x = _host(x).astype(np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    return float(np.abs(x - ref).max() / max(np.abs(ref).max(), 1e-300))
-
-
 def _on_gpu(params):
     return [(GPU.asarray(W), GPU.asarray(b)) for W, b in params]
 
@@ -80,12 +74,12 @@ def test_forward_and_gradients_match_reference(case, dtype):
     out = be.fused_forward(_on_gpu(params), acts, GPU.asarray(X))
     assert out.dtype == np.dtype(dtype) and out.shape == (batch, sizes[-1])
     a = REF.feedforward(_f64(params), acts, X.astype(np.float64))
-    assert _rel(out, a[-1]) < TOL[dtype]
+    assert rel_err(out, a[-1]) < TOL[dtype]
     grads = be.fused_gradients(_on_gpu(params), acts, GPU.asarray(X), GPU.asarray(Y), cost)
     delta = REF.backward(_f64(params), acts, a, Y.astype(np.float64), cost)
     for (dW, db), d, a_prev in zip(grads, delta, a[:-1]):
         rW, rb = REF.weight_gradient(d, a_prev, cost.scale(batch, sizes[-1]))
-        assert _rel(dW, rW) < TOL[dtype] and _rel(db, rb) < TOL[dtype]
+        assert rel_err(dW, rW) < TOL[dtype] and rel_err(db, rb) < TOL[dtype]
 
 
 def _train_epoch(params, X, Y, order, hyper, deterministic=True):
@@ -107,8 +101,8 @@ def test_train_epoch_matches_reference(case, dtype):
     p, (costs, correct, bad) = _train_epoch(params, X, Y, order, hyper)
     tol = 10 * TOL[dtype]                                     # a few steps of drift
     for (W, b), (rW, rb) in zip(p, ref):
-        assert _rel(W, rW) < tol and _rel(b, rb) < tol
-    assert costs.shape == ref_costs.shape and _rel(costs, ref_costs) < tol
+        assert rel_err(W, rW) < tol and rel_err(b, rb) < tol
+    assert costs.shape == ref_costs.shape and rel_err(costs, ref_costs) < tol
     assert int(bad) == -1
     if dtype == "float64":
         assert int(correct) == ref_correct
@@ -132,7 +126,7 @@ def test_atomic_build_agrees_within_tolerance():
     ref, _, _ = reference_epoch(params, X, Y, order, hyper)
     p, _ = _train_epoch(params, X, Y, order, hyper, deterministic=False)
     for (W, b), (rW, rb) in zip(p, ref):
-        assert _rel(W, rW) < 1e-4 and _rel(b, rb) < 1e-4
+        assert rel_err(W, rW) < 1e-4 and rel_err(b, rb) < 1e-4
 
 
 def test_a_network_the_kernels_do_not_take_is_refused():
@@ -164,4 +158,4 @@ def test_every_hidden_activation(act):
     delta = REF.backward(params, acts, a, Y, cost)
     for (dW, db), d, a_prev in zip(grads, delta, a[:-1]):
         rW, rb = REF.weight_gradient(d, a_prev, cost.scale(70, 5))
-        assert _rel(dW, rW) < 1e-11 and _rel(db, rb) < 1e-11
+        assert rel_err(dW, rW) < 1e-11 and rel_err(db, rb) < 1e-11

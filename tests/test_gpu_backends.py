@@ -19,6 +19,8 @@ from gpubackprop.backends.numpy_backend import NumpyBackend
 from gpubackprop.device import cuda_status
 from gpubackprop.losses import Loss
 
+from reference import rel_err
+
 _N_GPUS, _WHY = cuda_status()
 if not _N_GPUS:
     pytest.skip(f"no usable GPU: {_WHY}", allow_module_level=True)
@@ -46,13 +48,6 @@ def dev(x):
 
 def host(x):
     return gb.device("cpu").asarray(x)
-
-
-def rel_err(x, ref):
-    x = host(x).astype(np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    return np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-300)
-
 
 def rand(rng, shape, dtype, scale=1.0):
     x = rng.standard_normal(shape)

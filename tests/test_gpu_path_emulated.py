@@ -21,7 +21,8 @@ from gpubackprop.device import Device
 from gpubackprop.optim import SGD
 
 from emulated import KP, TOL, build_all, forward_ref, needs_emulator, problem, \
-    reference_epoch, rel_err
+    reference_epoch
+from reference import rel_err
 
 pytestmark = needs_emulator
 OPTIONS = []      # every RawModule's options, in order

@@ -7,6 +7,8 @@ import pytest
 import gpubackprop as gb
 from gpubackprop.activations import HIDDEN_NAMES
 
+from reference import rel_err
+
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
@@ -19,12 +21,6 @@ def _problem(sizes, dtype, seed=0):
     X = rng.normal(size=(9, sizes[0])).astype(dtype)
     y = rng.integers(0, sizes[-1], 9)
     return X, y
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-30)
-
 
 def _torch_cost(out, y, loss, output, reduction):
     """The package's costs written in torch (losses.py): C0 per example, then

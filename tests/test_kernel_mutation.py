@@ -19,7 +19,8 @@ from gpubackprop.backends.base import Hyper
 from gpubackprop.backends.fused_backend import KERNEL_NAMES, FusedBackend
 from gpubackprop.optim import SGD
 
-from emulated import KP, forward_ref, needs_emulator, problem, reference_epoch, rel_err
+from emulated import KP, forward_ref, needs_emulator, problem, reference_epoch
+from reference import rel_err
 
 pytestmark = needs_emulator
 SOURCES = ("dense_forward.cu", "delta_propagate.cu", "weight_update.cu",

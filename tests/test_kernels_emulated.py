@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from emulated import KP, TOL, build_all, device, dsigma_ref, forward_ref, module, \
-    needs_emulator, rel_err
+    needs_emulator
+from reference import rel_err
 
 pytestmark = needs_emulator
 

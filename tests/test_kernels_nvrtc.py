@@ -55,21 +55,41 @@ def _id(name, dtype, defines):
     return f"{name[:-3]}-{dtype}{'-atomic' if 'FUSED_ATOMIC' in defines else ''}"
 
 
+_CHILD = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import test_kernels_nvrtc as t
+out = {}
+for name, dtype, defines in t.BUILDS:
+    opts = [f"-D{k}={v}" for k, v in sorted(defines.items())]
+    opts += ["--gpu-architecture=compute_90"] + ([f"-I{sys.argv[2]}"] if sys.argv[2] else [])
+    if "tf32" in name and not sys.argv[2]:
+        out[t._id(name, dtype, defines)] = None
+        continue
+    out[t._id(name, dtype, defines)] = t._compile(t.K.source(name), name, opts)
+print(json.dumps(out))
+"""
+
+
 @pytest.fixture(scope="session")
 def compiled():
-    """{build id: (ok, log)} for compute_90 (None: skipped, with the reason)."""
-    include = _include()
-    out = {}
-    for name, dtype, defines in BUILDS:
-        if "tf32" in name and include is None:
-            out[_id(name, dtype, defines)] = None
-            continue
-        opts = [f"-D{k}={v}" for k, v in sorted(defines.items())]
-        opts += ["--gpu-architecture=compute_90"] + ([f"-I{include}"] if include else [])
-        result = _compile(K.source(name), name, opts)
-        if result is None:
-            pytest.skip("NVRTC's library is not installed")
-        out[_id(name, dtype, defines)] = result
+    """{build id: (ok, log)} for compute_90 (None: skipped, with the reason).
+
+    NVRTC runs in a child process: loading it into the test process was seen
+    to break joblib's unpickling of unrelated objects later in the session
+    (scikit-learn's check_estimators_pickle), so the native library stays out."""
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    include = _include() or ""
+    r = subprocess.run([sys.executable, "-c", _CHILD, str(pathlib.Path(__file__).parent), include],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    if any(v is None and "tf32" not in k for k, v in out.items()):
+        pytest.skip("NVRTC's library is not installed")
     return out
 
 

@@ -7,7 +7,7 @@ from gpubackprop import losses
 from gpubackprop.backends.numpy_backend import NumpyBackend
 from gpubackprop.device import Device
 
-from conftest import rel_err
+from reference import rel_err
 
 
 def _batch(seed=0, B=7, n=4):

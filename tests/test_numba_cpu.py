@@ -6,7 +6,7 @@ session; every case after that reuses the compiled epoch.
 """
 import numpy as np
 import pytest
-from conftest import rel_err
+from reference import rel_err
 
 import gpubackprop as gb
 from gpubackprop import activations, losses

@@ -7,7 +7,7 @@ import pytest
 import gpubackprop as gb
 from gpubackprop import backends
 
-from conftest import rel_err
+from reference import rel_err
 
 torch = pytest.importorskip("torch", reason="PyTorch is the oracle of these tests")
 

@@ -8,7 +8,7 @@ import gpubackprop as gb
 from gpubackprop.backends import available
 from gpubackprop.device import Device
 
-from conftest import rel_err
+from reference import rel_err
 
 CPU_BACKENDS = [n for n, why in available(Device("cpu")).items() if why is None]
 

@@ -22,6 +22,7 @@ from gpubackprop.backends.numpy_backend import NumpyBackend
 from gpubackprop.device import Device
 from gpubackprop.losses import Loss
 from gpubackprop.optim import SGD
+from reference import rel_err
 
 if not simulator_active():
     pytest.skip("numba.cuda runs the real CUDA target in this process (imported before "
@@ -41,13 +42,6 @@ SHAPES = ((1, 1, 1), (3, 7, 17), (17, 33, 3), (33, 17, 7), (7, 3, 33))
 
 CPU = Device("cpu")
 REF = NumpyBackend(CPU)
-
-
-def rel_err(x, ref):
-    x = np.asarray(x, dtype=np.float64)
-    ref = np.asarray(ref, dtype=np.float64)
-    return np.linalg.norm(x - ref) / max(np.linalg.norm(ref), 1e-300)
-
 
 def rand(rng, shape, dtype, scale=1.0):
     """Random normal entries, bounded away from zero."""
