@@ -86,37 +86,12 @@ def estimate(net, batch_size, n_samples, n_val=0, momentum=True, eval_chunk=EVAL
         "activations": B * (sum(sizes) + n_out) * item,
         "deltas": B * sum(sizes[1:]) * item,
         "gradients": P * item,
-        "backend_scratch": backend_scratch(net.backend, sizes, B, net.dtype),
+        "backend_scratch": net.backend.scratch_bytes(sizes, B, net.dtype),
         "step_costs": math.ceil(n_samples / batch_size) * item,
         "validation": n_val * (n_in + n_out) * item + C * sum(sizes) * item,
     }
     out["total"] = sum(out[k] for k in PARTS)
     return out
-
-
-def backend_scratch(backend, sizes, batch, dtype):
-    """Bytes `backend` allocates for a step of `batch` rows beside the
-    trainer's workspace (see the table above; the sizes are the backends' own
-    buffers: FusedBackend._buffers, CudaBackend's batch-split partials)."""
-    item = np.dtype(dtype).itemsize
-    layers = list(zip(sizes, sizes[1:]))
-    name = getattr(backend, "name", None)
-    if name == "fused":
-        from .backends.gpu_common import kernels_package
-
-        tile = kernels_package().FUSED["FUSED_TILE_B"]
-        tiles = math.ceil(batch / tile) if getattr(backend, "deterministic", True) else 1
-        P = sum(o * i + o for i, o in layers)
-        return (batch * sum(sizes[1:]) + tiles * P) * item
-    if name == "cuda" or (name == "numba" and backend.device.kind == "cuda"):
-        from .backends.gpu_common import kernels_package
-
-        kp = kernels_package()
-        parts = [chunks * (o * i + o) for i, o in layers
-                 for chunks, _ in [kp.update_chunks(batch, o, i, np.dtype(dtype).name)]
-                 if chunks > 1]
-        return max(parts, default=0) * item
-    return 0
 
 
 def _mib(n):

@@ -22,6 +22,7 @@ runs faster.  Declared, optional parts of the contract:
 
     unavailable_reason(device)   None if the backend can run there, else why not
     check_network(sizes, activations, dtype)   refuse a network it cannot train
+    scratch_bytes(sizes, batch, dtype)   memory it needs beside the workspace
     train_epoch(params, state, X, Y, order, hyper)   one fused fast path for a
         run of SGD steps, giving the loop's numbers; `fuses(hyper)` says when
         it applies (the trainer runs its own loop otherwise)
@@ -71,6 +72,11 @@ class Backend:
     def check_network(self, sizes, activations, dtype):
         """Raise ValueError if this backend cannot train a network with layer
         `sizes`, per-layer `activations` and `dtype`; the default takes any."""
+
+    def scratch_bytes(self, sizes, batch, dtype):
+        """Bytes this backend allocates for a step of `batch` rows beside the
+        trainer's workspace (memory.estimate adds them); the default keeps none."""
+        return 0
 
     # -- the four ops ----------------------------------------------------------
     def dense_forward(self, a_prev, W, b, activation, out=None):

@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import activations
 from .base import Backend
-from .gpu_common import activation_code, cdiv, copy_back, device_unavailable_reason, \
+from .gpu_common import update_partials_bytes, activation_code, cdiv, copy_back, device_unavailable_reason, \
     elementwise, in_kernels, kernels_package, on_device, writable_out
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -58,6 +58,10 @@ class CudaBackend(Backend):
         self._tf32_broken = None        # why the TF32 kernel could not be built
         self._partials = {}
         self._prepared = set()          # dtypes whose emulator builds were started together
+
+    def scratch_bytes(self, sizes, batch, dtype):
+        """The batch-split partial sums of the weight update (the largest layer's)."""
+        return update_partials_bytes(sizes, batch, dtype)
 
     @classmethod
     def unavailable_reason(cls, device):

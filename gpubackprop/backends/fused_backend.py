@@ -145,6 +145,13 @@ class FusedBackend(Backend):
         sizes = [params[0][0].shape[1]] + [W.shape[0] for W, _ in params]
         return ptrs, vptrs, xp.asarray(np.array(sizes, dtype=np.int32)), sizes
 
+    def scratch_bytes(self, sizes, batch, dtype):
+        """What _buffers allocates: the activations (batch x sum n_l) and one
+        gradient partial per TILE_B-row tile (one in all with atomics)."""
+        n_params = sum(o * i + o for i, o in zip(sizes, sizes[1:]))
+        tiles = cdiv(batch, TILE_B) if self.deterministic else 1
+        return (batch * sum(sizes[1:]) + tiles * n_params) * np.dtype(dtype).itemsize
+
     def _buffers(self, sizes, dtype, batch):
         """Activation scratch (batch x sum n_l) and the partials (tiles x P)."""
         key = (tuple(sizes), str(dtype), batch, self.deterministic)

@@ -157,3 +157,16 @@ def elementwise():
         "T a, int32 act", "T g", "g = g * gb_dsigma_from_a<T>(a, act)",
         "gpubackprop_mul_dsigma", preamble=text)
     return k
+
+
+def update_partials_bytes(sizes, batch, dtype):
+    """Bytes of the largest batch-split partial-sum buffer that weight_update.cu
+    (and its numba.cuda twin) need for a network of layer `sizes` at `batch`
+    rows: one (n_out x n_in + n_out) partial per chunk, when a layer splits."""
+    import numpy as np
+
+    kp = kernels_package()
+    parts = [chunks * (o * i + o) for i, o in zip(sizes, sizes[1:])
+             for chunks, _ in [kp.update_chunks(batch, o, i, np.dtype(dtype).name)]
+             if chunks > 1]
+    return max(parts, default=0) * np.dtype(dtype).itemsize

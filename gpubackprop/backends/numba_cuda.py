@@ -28,7 +28,7 @@ import importlib
 import numpy as np
 
 from .base import Backend
-from .gpu_common import activation_code, copy_back, kernels_package
+from .gpu_common import activation_code, copy_back, kernels_package, update_partials_bytes
 
 GRADIENT = 0      # weight_update / bias_update mode: write dW, db
 
@@ -84,6 +84,10 @@ class NumbaCudaBackend(Backend):
         self._nk = nk
         self._cuda = nk.cuda
         self._kp = kernels_package()
+
+    def scratch_bytes(self, sizes, batch, dtype):
+        """The batch-split partial sums of the weight update (the largest layer's)."""
+        return update_partials_bytes(sizes, batch, dtype)
 
     @classmethod
     def unavailable_reason(cls, device):
