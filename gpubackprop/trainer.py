@@ -284,7 +284,8 @@ class Trainer:
         opt = self.optimizer
         return Hyper(activations=tuple(layer.activation for layer in self.net.layers),
                      loss=self.loss, batch_size=self.batch_size, lr=opt.lr,
-                     momentum=opt.momentum, weight_decay=opt.weight_decay)
+                     momentum=opt.momentum, weight_decay=opt.weight_decay,
+                     sizes=tuple(self.net.sizes))
 
     def _steps(self, X, Y, order):
         """SGD steps over the batches order[0:bs], order[bs:2bs], ... (the last

@@ -165,3 +165,21 @@ def test_trainer_fit_runs_the_compiled_epoch_with_the_loop_numbers():
     assert params_err(n1.params, n0.params) <= 1e-12
     assert rel_err(np.array(h1.loss), np.array(h0.loss)) <= 1e-12
     assert h1.accuracy == h0.accuracy
+
+
+def test_fast_path_only_where_it_wins():
+    """The compiled epoch for small steps; BLAS-bound steps (batch x widths
+    above FUSED_MAX_ELEMENTS) take the trainer's NumPy loop."""
+    from gpubackprop.backends.numba_cpu import FUSED_MAX_ELEMENTS
+
+    be = NumbaCPUBackend(CPU)
+
+    def hyper(sizes, batch):
+        return Hyper(("relu",) * (len(sizes) - 1), losses.get("sse"), batch, 0.1,
+                     sizes=tuple(sizes))
+
+    assert be.fuses(hyper([784, 30, 10], 10))
+    assert be.fuses(hyper([784, 256, 256, 10], 128))
+    assert not be.fuses(hyper([64] * 6 + [10], 65536))
+    n = FUSED_MAX_ELEMENTS // 40
+    assert be.fuses(hyper([5, 30, 10], n - 1)) and not be.fuses(hyper([5, 30, 10], n + 1))

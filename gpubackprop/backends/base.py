@@ -38,7 +38,8 @@ class Hyper:
 
     activations: one name per layer; loss: a losses.Loss (name, reduction);
     batch_size: rows per step (the last step of an epoch may have fewer);
-    lr, momentum, weight_decay: plain SGD as optim.SGD (PyTorch's convention).
+    lr, momentum, weight_decay: plain SGD as optim.SGD (PyTorch's convention);
+    sizes: the layer sizes [n_0, ..., n_L] (empty when unknown).
     """
     activations: tuple
     loss: object
@@ -46,6 +47,7 @@ class Hyper:
     lr: float
     momentum: float = 0.0
     weight_decay: float = 0.0
+    sizes: tuple = ()          # [n_0, n_1, ..., n_L], for a fast path's choice of shapes
 
     def scale(self, batch, n_out):
         """The factor turning a sum over `batch` examples into the batch gradient."""

@@ -54,6 +54,9 @@ from .base import Backend
 _SOFTMAX, _IDENTITY = activations.CODES["softmax"], activations.CODES["identity"]
 _CROSS_ENTROPY = 1          # losses.Loss.CODES: 0 squared error, 1 cross entropy
 NOTICE = "compiling the CPU kernels, first run only ..."
+#: steps with more activations than this (batch x sum of layer widths) run the
+#: trainer's NumPy loop instead of the compiled epoch (see fuses)
+FUSED_MAX_ELEMENTS = 2 ** 20
 
 # Set by _use_table for the activation table in use: its scalar dispatchers
 # (code, x) -> sigma(x) / sigma'(a) and fingerprint.  The kernels that call
@@ -322,7 +325,15 @@ class NumbaCPUBackend(Backend):
             raise ValueError(f"backend 'numba' trains float32 or float64 networks; got {dtype}")
 
     def fuses(self, hyper):
-        return hyper.loss.name in ("sse", "mse", "cross_entropy") and \
+        """The compiled epoch runs when a step is small enough that the NumPy
+        loop's per-op overhead dominates: batch x sum(n_1..n_L) below
+        FUSED_MAX_ELEMENTS.  Above it both are BLAS-bound and NumPy's
+        element-wise passes beat the compiled ones (measured crossover on the
+        2-core CI machine, float32: [784, 256, 256, 10] at batch 2048 (1.07M
+        elements) 0.98x, [64]*6 + [10] at batch 8192 (2.7M) 0.92x, at 1024
+        (0.34M) 1.22x: bench/RESULTS.md)."""
+        small = not hyper.sizes or hyper.batch_size * sum(hyper.sizes[1:]) < FUSED_MAX_ELEMENTS
+        return small and hyper.loss.name in ("sse", "mse", "cross_entropy") and \
             all(a in activations.CODES for a in hyper.activations)
 
     def train_epoch(self, params, state, X, Y, order, hyper):
