@@ -10,6 +10,12 @@ import time
 
 import numpy as np
 
+#: seconds of rest before each timed run: the previous implementation's worker
+#: threads (OpenMP in PyTorch and OpenBLAS, XLA's pool) spin-wait for ~200 ms
+#: after their last parallel region, and on a 2-core machine that spin takes
+#: the cores from whatever runs next (seen: 2-3x slower runs right after PyTorch)
+SETTLE_S = 0.3
+
 
 def stats(values):
     """Median, quartiles, IQR, min, max and count of `values`."""
@@ -20,7 +26,8 @@ def stats(values):
 
 
 def time_cases(cases, repeats, warmup, say=None):
-    """Warm up every case, then time `repeats` runs of each, round-robin.
+    """Warm up every case, then time `repeats` runs of each, round-robin,
+    each after a rest of SETTLE_S.
 
     Returns ({case: [seconds, ...]}, [(impl, reason)] for the cases that failed).
     A failing peer is dropped and reported; ours failing raises."""
@@ -39,6 +46,7 @@ def time_cases(cases, repeats, warmup, say=None):
     for r in range(repeats):
         for case in list(live):
             try:
+                time.sleep(SETTLE_S)
                 t0 = time.perf_counter()
                 case.run()
                 dt = time.perf_counter() - t0
