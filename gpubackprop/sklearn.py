@@ -168,6 +168,14 @@ _PARAMS_DOC = """
 """
 
 
+def _store_params(estimator, given):
+    """Keep every __init__ argument as an attribute of the same name, unchanged
+    (scikit-learn's convention: checks happen in fit)."""
+    for name, value in given.items():
+        if name not in ("self", "__class__"):
+            setattr(estimator, name, value)
+
+
 class MLPClassifier(ClassifierMixin, _MLPBase):
     __doc__ = ("A multilayer perceptron classifier trained by gpubackprop's SGD.\n"
                "Outputs: sigmoid for sse/mse, softmax for cross_entropy; predict_proba\n"
@@ -178,23 +186,7 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
                  weight_decay=0.0, early_stopping=False, validation_fraction=0.1,
                  n_iter_no_change=10, tol=1e-4, device="auto", backend="auto",
                  dtype="float64", random_state=None):
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.output_activation = output_activation
-        self.loss = loss
-        self.learning_rate = learning_rate
-        self.batch_size = batch_size
-        self.epochs = epochs
-        self.momentum = momentum
-        self.weight_decay = weight_decay
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.n_iter_no_change = n_iter_no_change
-        self.tol = tol
-        self.device = device
-        self.backend = backend
-        self.dtype = dtype
-        self.random_state = random_state
+        _store_params(self, locals())
 
     @staticmethod
     def _default_output(loss):
@@ -270,23 +262,7 @@ class MLPRegressor(RegressorMixin, _MLPBase):
                  weight_decay=0.0, early_stopping=False, validation_fraction=0.1,
                  n_iter_no_change=10, tol=1e-4, device="auto", backend="auto",
                  dtype="float64", random_state=None):
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.output_activation = output_activation
-        self.loss = loss
-        self.learning_rate = learning_rate
-        self.batch_size = batch_size
-        self.epochs = epochs
-        self.momentum = momentum
-        self.weight_decay = weight_decay
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.n_iter_no_change = n_iter_no_change
-        self.tol = tol
-        self.device = device
-        self.backend = backend
-        self.dtype = dtype
-        self.random_state = random_state
+        _store_params(self, locals())
 
     @staticmethod
     def _default_output(loss):

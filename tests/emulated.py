@@ -78,3 +78,22 @@ def reference_epoch(params, X, Y, order, hyper):
         grads = [be.weight_gradient(d, ap, scale) for d, ap in zip(delta, a[:-1])]
         opt.step(p, grads, state)
     return p, np.array(costs), correct
+
+
+#: the devices the backend tests run on: the emulator, and the first GPU if any
+DEVICES = ["cuda-emulator"] + [d for d in gb.available_devices() if d.startswith("cuda:")][:1]
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def dev(request):
+    """Each of DEVICES in turn (the emulator's kernels built first, once)."""
+    if request.param == "cuda-emulator":
+        if needs_emulator.args[0]:
+            pytest.skip(needs_emulator.kwargs["reason"])
+        build_all()
+    return gb.device(request.param)
+
+
+def host(x):
+    """A device array as a NumPy array."""
+    return gb.device("cpu").asarray(x)

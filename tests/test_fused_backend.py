@@ -15,23 +15,10 @@ from gpubackprop.backends.base import Hyper
 from gpubackprop.backends.fused_backend import FusedBackend, shared_bytes
 from gpubackprop.optim import SGD
 
-from emulated import TOL, build_all, needs_emulator, problem, reference_epoch
+from emulated import TOL, host as _host, problem, reference_epoch
+from emulated import dev  # noqa: F401  (the device fixture)
 from reference import rel_err
 
-DEVICES = ["cuda-emulator"] + [d for d in gb.available_devices() if d.startswith("cuda:")][:1]
-
-
-@pytest.fixture(scope="module", params=DEVICES)
-def dev(request):
-    if request.param == "cuda-emulator":
-        if needs_emulator.args[0]:
-            pytest.skip(needs_emulator.kwargs["reason"])
-        build_all()
-    return gb.device(request.param)
-
-
-def _host(x):
-    return gb.device("cpu").asarray(x)
 
 
 # sizes, activations, loss, batch size, rows (ragged last batches)

@@ -11,35 +11,13 @@ import sys
 import textwrap
 import time
 
-import numpy as np
 import pytest
 
-import gpubackprop as gb
 from gpubackprop import paths
 from gpubackprop.cli import main
 
-N = 60
-
-
-def _data(seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.normal(size=(N, 5)), rng.integers(0, 3, N)
-
-
-def _trainer(seed=0, momentum=0.5, sizes=(5, 8, 3)):
-    net = gb.MLP.from_sizes(list(sizes), activation="tanh", output_activation="softmax",
-                            backend="numpy", seed=seed)
-    return gb.Trainer(net, loss="cross_entropy", optimizer=gb.SGD(lr=0.3, momentum=momentum),
-                      batch_size=6, seed=seed)
-
-
-def _params(net):
-    return [(W.copy(), b.copy()) for W, b in net.params]
-
-
-def _same(a, b):
-    return all(np.array_equal(W, W2) and np.array_equal(b1, b2)
-               for (W, b1), (W2, b2) in zip(a, b))
+from reference import param_copies as _params, same_params as _same, \
+    small_data as _data, small_trainer as _trainer
 
 
 
