@@ -281,3 +281,29 @@ def test_benchmark_suites_run_once():
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout
+
+
+def test_ranks_runs_strong_and_weak_scaling(tmp_path):
+    """--ranks: the same training at 1 and 2 MPI ranks, a row per mode and world size."""
+    from gpubackprop.distributed import launch
+
+    try:
+        launch.find_mpiexec()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    md = tmp_path / "scaling.md"
+    args = cli.main(["--ranks", "1,2", "--tiny", "--out", "none", "--markdown", str(md),
+                     "--json", str(tmp_path / "scaling.json")])
+    assert args == 0
+    rows = json.loads((tmp_path / "scaling.json").read_text())["scaling"]
+    assert [(r["mode"], r["ranks"]) for r in rows] == [("strong", 1), ("strong", 2),
+                                                       ("weak", 1), ("weak", 2)]
+    assert all(r["samples_per_s"] > 0 and r["cores"] >= 1 for r in rows)
+    assert rows[1]["comm_backend"] == "mpi" and rows[3]["global_batch"] == 2 * rows[2]["global_batch"]
+    assert "| weak | 2 |" in md.read_text()
+
+
+@pytest.mark.parametrize("ranks", ["0", "1,x", ""])
+def test_ranks_must_be_world_sizes(ranks, capsys):
+    assert cli.main(["--ranks", ranks, "--out", "none"]) == 2
+    assert "--ranks" in capsys.readouterr().err

@@ -74,8 +74,9 @@ def add_arguments(b):
                    help="the commit to record when the code is not a git checkout and the "
                         "installed package does not know it (default: found, or 'unknown')")
     b.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    # A data-parallel option (--ranks) belongs here: run_bench forwards
-    # trainer_options to every gb.Trainer it builds.
+    b.add_argument("--ranks", metavar="N,M,...",
+                   help="instead of the regimes: data-parallel strong and weak scaling over "
+                        "these numbers of MPI ranks (needs the mpi extra), e.g. 1,2")
 
 
 def _split(text):
@@ -118,6 +119,14 @@ def cmd_bench(args):
             check_writable(path, f"--{key}")   # a file created and removed there
     to_stdout = paths["json"] == "-"
     stream = sys.stderr if to_stdout else sys.stdout
+    if args.ranks is not None:
+        ranks = _split(args.ranks)
+        if not ranks or not all(r.isdigit() and int(r) >= 1 for r in ranks):
+            raise ValueError(f"--ranks must be positive world sizes such as 1,2; "
+                             f"got {args.ranks!r}")
+        from .ranks import cmd_ranks
+
+        return cmd_ranks(args, [int(r) for r in ranks], paths, stream)
     written = []
 
     def say(text):
