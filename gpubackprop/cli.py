@@ -233,6 +233,7 @@ def cmd_info(args):
         except (RuntimeError, ValueError):
             auto = "none usable"
         print(f"  {'auto':<6} on {where:<14} -> {auto}")
+        print(f"  {'':<6}    {'':<14}    rule: {backends.AUTO_REASONS[dev.kind]}")
     return 0
 
 

@@ -40,3 +40,9 @@ def test_available_lists_every_backend_of_the_kind_with_a_reason():
     assert set(got) == {n for n, k in backends.REGISTRY if k == "cpu"}
     assert got["numpy"] is None
     assert all(why is None or isinstance(why, str) and why for why in got.values())
+
+
+def test_auto_states_its_rule_for_every_device_kind():
+    assert set(backends.AUTO_REASONS) == set(backends.AUTO)
+    for kind, reason in backends.AUTO_REASONS.items():
+        assert reason.startswith(backends.AUTO[kind][0])   # the sentence names the first pick

@@ -34,14 +34,17 @@ REGISTRY = {
     ("fused", "cuda-emulator"): "fused_backend:FusedBackend",
 }
 
-#: what "auto" picks, first usable wins.  The rule, and why:
-#:  cpu: the compiled epoch (numba) beats the NumPy loop in every regime of
-#:       bench/RESULTS.md; NumPy when numba is missing.
-#:  cuda: cupy first until a GPU has measured the hand-written kernels: its
-#:       slowest step is a cuBLAS GEMM, which uses the whole GPU at any shape.
-#:  cuda-emulator: the CUDA C kernels are what the device exists to run.
+#: what "auto" picks, first usable wins; why: AUTO_REASONS
 AUTO = {"cpu": ("numba", "numpy"), "cuda": ("cupy", "cuda", "numba"),
         "cuda-emulator": ("cuda",)}
+#: the rule of AUTO in one sentence per device kind (`gpubackprop info` prints it)
+AUTO_REASONS = {
+    "cpu": "numba: its compiled epoch when a step has batch x sum of layer widths below "
+           "2^20, the NumPy loop above (measured crossover, bench/RESULTS.md)",
+    "cuda": "cupy until the hand-written kernels are measured on a GPU (its slowest step "
+            "is a cuBLAS GEMM, which uses the whole GPU at any shape)",
+    "cuda-emulator": "cuda: the hand-written CUDA C kernels the emulator exists to run",
+}
 
 
 def _load(name, kind):
