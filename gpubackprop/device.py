@@ -111,6 +111,12 @@ def is_cupy_array(array):
     return cp is not None and isinstance(array, cp.ndarray)
 
 
+def array_module(array):
+    """numpy or cupy: the module of `array` (xp of a given array; only a CuPy
+    array makes this import CuPy)."""
+    return import_cupy() if is_cupy_array(array) else np
+
+
 def import_cupy():
     """Import CuPy, or raise RuntimeError saying why and how to install it."""
     try:

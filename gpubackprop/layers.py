@@ -5,7 +5,7 @@ import numpy as np
 
 from . import activations
 from .checks import positive_int
-from .device import all_finite
+from .device import all_finite, array_module
 from .tensor import Tensor, unwrap
 
 
@@ -132,17 +132,11 @@ def _check_cast(value, dtype, name):
     if np.dtype(dtype).itemsize >= np.dtype(value.dtype).itemsize or \
             np.dtype(value.dtype).kind != "f":
         return          # a cast that widens (or from integers) cannot overflow
-    xp = np if isinstance(value, np.ndarray) or np.isscalar(value) else _xp_of(value)
+    xp = np if np.isscalar(value) else array_module(value)
     with np.errstate(over="ignore"):
         cast = xp.asarray(value, dtype=dtype)
     if not all_finite(cast):
         raise nonfinite_error(value, dtype, name)
-
-
-def _xp_of(array):
-    from .device import import_cupy, is_cupy_array
-
-    return import_cupy() if is_cupy_array(array) else np
 
 
 def _as_host_or_device(value):

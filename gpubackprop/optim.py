@@ -13,6 +13,7 @@ Nesterov momentum) trains on every backend: fused fast paths, which compute
 exactly SGD's update, step aside for it (see `fused_record`).
 """
 from .checks import real
+from .device import array_module
 
 
 class SGDState:
@@ -53,19 +54,7 @@ class SGDState:
 
 def _like(v, array):
     """`array` as an array of v's module (NumPy or CuPy) and dtype."""
-    xp = _xp(v)
-    return xp.asarray(array, dtype=v.dtype)
-
-
-def _xp(array):
-    import numpy as np
-
-    module = type(array).__module__.split(".")[0]
-    if module == "cupy":
-        import cupy
-
-        return cupy
-    return np
+    return array_module(v).asarray(array, dtype=v.dtype)
 
 
 class SGD:
@@ -93,7 +82,8 @@ class SGD:
 
     def init_state(self, params):
         """A fresh SGDState for `params` [(W, b), ...]: zero velocities with momentum."""
-        return SGDState([(_xp(W).zeros_like(W), _xp(b).zeros_like(b)) if self.momentum
+        return SGDState([(array_module(W).zeros_like(W), array_module(b).zeros_like(b))
+                         if self.momentum
                          else (None, None) for W, b in params])
 
     def state_fits(self, state, params):

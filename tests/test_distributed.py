@@ -409,7 +409,7 @@ def test_launch_dry_run_and_run_from_the_command_line(tmp_path, capsys):
 def test_deterministic_device_allreduce_adds_nccl_parts_in_rank_order(monkeypatch):
     from gpubackprop.distributed import comm as comm_module
 
-    monkeypatch.setattr(comm_module, "_on_device", lambda a: isinstance(a, FakeDeviceArray))
+    monkeypatch.setattr(comm_module, "is_cupy_array", lambda a: isinstance(a, FakeDeviceArray))
     comm = distributed.local(deterministic=True)
     comm.size = 3                                    # a world of 3, as NCCL would gather it
     comm._nccl = nccl.NcclOps(FakeNccl, FakeNcclComm(world=3), FakeStream())

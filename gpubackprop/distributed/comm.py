@@ -21,6 +21,8 @@ ranks that call different collectives get an error instead of a hang.
 """
 import numpy as np
 
+from ..device import array_module, is_cupy_array, to_host
+
 FLOAT_DTYPES = ("float32", "float64")
 MPI_HINT = ('install MPI for Python: pip install "gpubackprop[mpi]" (mpi4py and the mpich '
             "wheel), or load your site's MPI and pip install mpi4py")
@@ -140,7 +142,7 @@ class Communicator:
         ranks, in place; returns x."""
         _check_float(x, "allreduce")
         self._fingerprint("allreduce", x)
-        if self._nccl is not None and _on_device(x):
+        if self._nccl is not None and is_cupy_array(x):
             if self.deterministic:             # every rank's part, added in rank order
                 sum_in_rank_order(self._nccl.allgather(x, self.size), out=x)
             else:
@@ -154,7 +156,7 @@ class Communicator:
         """Rank 0's values of `x` on every rank, in place; returns x."""
         _check_float(x, "bcast")
         self._fingerprint("bcast", x)
-        if self._nccl is not None and _on_device(x):
+        if self._nccl is not None and is_cupy_array(x):
             self._nccl.bcast(x)
         elif self.size > 1:
             _through_host(x, self._bcast_host)
@@ -320,11 +322,9 @@ def digest(arrays, chunk=1 << 20):
     where they live: per array the wrapping uint64 sums of its bit patterns,
     plain and weighted by position (so moved values change it too), taken
     `chunk` elements at a time to bound the scratch memory.  One read-back."""
-    from ..device import to_host
-
     sums = []
     for a in arrays:
-        xp = _xp(a)
+        xp = array_module(a)
         bits = xp.ascontiguousarray(a).ravel().view(f"uint{8 * a.dtype.itemsize}")
         total = xp.zeros(2, dtype=xp.uint64)       # arrays wrap around silently
         for start in range(0, bits.size, chunk):
@@ -334,19 +334,7 @@ def digest(arrays, chunk=1 << 20):
         sums.append(total)
     if not sums:
         return ()
-    return tuple(int(v) for v in to_host(_xp(arrays[0]).concatenate(sums)))
-
-
-def _xp(a):
-    if _on_device(a):
-        import cupy
-
-        return cupy
-    return np
-
-
-def _on_device(x):
-    return type(x).__module__.split(".")[0] == "cupy"
+    return tuple(int(v) for v in to_host(array_module(arrays[0]).concatenate(sums)))
 
 
 def _check_float(x, operation):
@@ -362,11 +350,9 @@ def _check_float(x, operation):
 
 def _through_host(x, operation):
     """Run a host collective on a device array through a host copy."""
-    if not _on_device(x):
+    if not is_cupy_array(x):
         operation(x)
         return
-    from ..device import to_host
-
     host = np.ascontiguousarray(to_host(x))
     operation(host)
     x.set(host)
