@@ -56,6 +56,11 @@ GEMM_TILES = {
 }
 #: rows of threads of bias_update (block is 32 x BIAS_ROWS)
 BIAS_ROWS = 8
+#: weight_update.cu's modes: write the gradient, or apply the SGD step with it
+UPDATE_MODES = {"GB_GRADIENT": 0, "GB_SGD": 1}
+#: the reduce kernels' launch (update_reduce, fused_reduce_sgd): threads per
+#: block, and at most REDUCE_MAX_BLOCKS blocks (a grid-stride loop does the rest)
+REDUCE_THREADS, REDUCE_MAX_BLOCKS = 256, 4096
 #: tile sizes of the TF32 tensor-core kernel (block is always 128 threads)
 TF32_TILES = {"TC_TILE_M": 64, "TC_TILE_N": 64, "TC_TILE_K": 16}
 TF32_THREADS = 128
@@ -63,6 +68,8 @@ TF32_THREADS = 128
 FUSED = {"FUSED_TILE_B": 64, "FUSED_MAX_W": 128, "FUSED_PAD": 16, "FUSED_KC": 32,
          "FUSED_MAX_LAYERS": 8, "FUSED_MIN_BLOCKS": 1}
 FUSED_THREADS = 256
+#: fused_reduce_sgd's modes: write the gradient, or apply the SGD step with it
+FUSED_MODES = {"FUSED_MODE_GRAD": 0, "FUSED_MODE_SGD": 1}
 
 #: the batch split of weight_update / bias_update (issue 11): enough blocks to
 #: fill an H200 (132 SMs) about twice, chunks of at least UPDATE_MIN_ROWS rows
@@ -134,6 +141,14 @@ def activation_defines():
     return d
 
 
+def loss_defines():
+    """FUSED_LOSS_SQUARED / FUSED_LOSS_XENT: the cost codes of losses.Loss.CODES
+    (sse and mse share the squared one), the table fused_mlp.cu is compiled with."""
+    from gpubackprop.losses import Loss
+
+    return {"FUSED_LOSS_SQUARED": Loss.CODES["sse"], "FUSED_LOSS_XENT": Loss.CODES["cross_entropy"]}
+
+
 def kernel_activations():
     """The activations activations.cuh implements (lower-case names): those whose
     GB_ACT_<NAME> code it requires.  A name registered in activations.py
@@ -155,13 +170,13 @@ def defines(name, dtype, atomic=False):
     if name == "dense_forward_tf32.cu":
         d.update(TF32_TILES)
     elif name == "fused_mlp.cu":
-        d.update(FUSED)
+        d.update(FUSED, **FUSED_MODES, **loss_defines())
         if atomic:
             d["FUSED_ATOMIC"] = 1
     else:
         d.update(GEMM_TILES[dtype])
     if name == "weight_update.cu":
-        d["BIAS_ROWS"] = BIAS_ROWS
+        d.update(BIAS_ROWS=BIAS_ROWS, **UPDATE_MODES)
     return d
 
 
@@ -256,6 +271,32 @@ def check_optin(kernel, nbytes):
                           f"sm_90 GPU allows at most {MAX_SHARED_OPTIN_BYTES} "
                           f"(CUDA_ERROR_INVALID_VALUE)")
     return nbytes
+
+
+class CheckedKernel:
+    """What a kernel has on both sides of the seam: its opt-in dynamic shared
+    memory attribute (`max_dynamic_shared_size_bytes`, as on a CuPy
+    RawKernel) and the sm_90 launch checks made before every launch."""
+
+    def __init__(self, name):
+        self.name = name
+        self._optin = 0
+
+    @property
+    def max_dynamic_shared_size_bytes(self):
+        return self._optin
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, nbytes):
+        self._optin = check_optin(self.name, nbytes)
+        self._opt_in(self._optin)
+
+    def _opt_in(self, nbytes):
+        """Pass an accepted opt-in on to the kernel itself (the GPU side does)."""
+
+    def _check_launch(self, grid, block, shared_mem):
+        """(grid, block) as 3-tuples, or LaunchError for what the GPU refuses."""
+        return check_launch(self.name, grid, block, shared_mem, self._optin)
 
 
 # ---- the seam -------------------------------------------------------------------

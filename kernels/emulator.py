@@ -24,7 +24,7 @@ import threading
 
 import numpy as np
 
-from . import CPU_RUNTIME_DIR, KERNEL_DIR, _path, check_launch, check_optin, \
+from . import CPU_RUNTIME_DIR, KERNEL_DIR, CheckedKernel, _path, \
     kernel_parameters, source
 
 FLAGS = ("-std=c++17", "-O2", "-fPIC", "-shared", "-ffp-contract=off", "-U_FORTIFY_SOURCE",
@@ -180,12 +180,12 @@ _POINTEES = {"f": np.float32, "d": np.float64, "i": np.int32, "I": np.uint32, "q
              "Q": np.uint64, "B": np.uint8, "b": np.int8, "h": np.int16}
 
 
-class EmulatedKernel:
+class EmulatedKernel(CheckedKernel):
     """One kernel of an EmulatedModule; `max_dynamic_shared_size_bytes` is the
     opt-in attribute, as on a CuPy RawKernel."""
 
     def __init__(self, lib, name, params):
-        self.name = name
+        super().__init__(name)
         self.params = params
         sig = getattr(lib, f"gbemu_signature_{name}")
         sig.restype = ctypes.c_char_p
@@ -195,15 +195,6 @@ class EmulatedKernel:
         self._launch.argtypes = [ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
                                  ctypes.c_ulonglong, ctypes.POINTER(ctypes.c_void_p),
                                  ctypes.c_char_p, ctypes.c_size_t]
-        self._optin = 0
-
-    @property
-    def max_dynamic_shared_size_bytes(self):
-        return self._optin
-
-    @max_dynamic_shared_size_bytes.setter
-    def max_dynamic_shared_size_bytes(self, nbytes):
-        self._optin = check_optin(self.name, nbytes)
 
     def _argument(self, i, code, value):
         pname = self.params[i] if i < len(self.params) else f"#{i}"
@@ -229,7 +220,7 @@ class EmulatedKernel:
         return ctype(value)
 
     def __call__(self, grid, block, args, shared_mem=0, stream=None):
-        grid, block = check_launch(self.name, grid, block, shared_mem, self._optin)
+        grid, block = self._check_launch(grid, block, shared_mem)
         args = tuple(args)
         if len(args) != len(self.signature):
             raise TypeError(f"kernel {self.name} takes {len(self.signature)} arguments "

@@ -8,7 +8,7 @@ shared_mem=0)`, after the same sm_90 launch-limit checks (LaunchError).
 """
 import functools
 
-from . import check_launch, check_optin, kernel_parameters, source
+from . import CheckedKernel, kernel_parameters, source
 
 
 @functools.lru_cache(maxsize=None)
@@ -44,23 +44,16 @@ class GpuModule:
     get_function = get
 
 
-class GpuKernel:
+class GpuKernel(CheckedKernel):
     """A CuPy RawKernel behind the seam's call and launch checks."""
 
     def __init__(self, function, name):
+        super().__init__(name)
         self._fn = function
-        self.name = name
-        self._optin = 0
 
-    @property
-    def max_dynamic_shared_size_bytes(self):
-        return self._optin
-
-    @max_dynamic_shared_size_bytes.setter
-    def max_dynamic_shared_size_bytes(self, nbytes):
-        self._optin = check_optin(self.name, nbytes)
-        self._fn.max_dynamic_shared_size_bytes = self._optin
+    def _opt_in(self, nbytes):
+        self._fn.max_dynamic_shared_size_bytes = nbytes
 
     def __call__(self, grid, block, args, shared_mem=0, stream=None):
-        grid, block = check_launch(self.name, grid, block, shared_mem, self._optin)
+        grid, block = self._check_launch(grid, block, shared_mem)
         self._fn(grid, block, tuple(args), shared_mem=shared_mem, stream=stream)
