@@ -203,8 +203,7 @@ def load_mnist(directory, test=True, dtype="float32", max_bytes=MAX_BYTES):
     """
     if not isinstance(directory, (str, os.PathLike)):
         raise TypeError(f"directory must be a path; got {type(directory).__name__}")
-    if not isinstance(test, (bool, np.bool_)):
-        raise TypeError(f"test must be True or False; got {test!r}")
+    test = checks.boolean("test", test)
     dtype = checks.dtype_name("dtype", dtype)
     max_bytes = check_budget(max_bytes)
     directory = os.path.expanduser(os.fspath(directory))

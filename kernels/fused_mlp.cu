@@ -52,8 +52,9 @@
 #include "activations.cuh"
 #include "fused_mlp.cuh"
 
-#define FUSED_MODE_GRAD 0
-#define FUSED_MODE_SGD 1
+#if !defined(FUSED_MODE_GRAD) || !defined(FUSED_MODE_SGD)
+#error "compile with the -D defines of gpubackprop.kernels.defines: FUSED_MODE_GRAD, FUSED_MODE_SGD"
+#endif
 
 __device__ __forceinline__ float fused_tiny(float) { return 1.17549435e-38f; }
 __device__ __forceinline__ double fused_tiny(double) { return 2.2250738585072014e-308; }

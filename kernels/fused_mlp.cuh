@@ -45,8 +45,12 @@ static_assert(FUSED_KC % 16 == 0, "FUSED_KC must be a multiple of 16");
 static_assert(FUSED_TILE_B <= FUSED_THREADS, "one thread per row in the row-wise steps");
 static_assert(FUSED_MAX_W <= FUSED_THREADS, "one thread per neuron in the bias sums");
 
-#define FUSED_LOSS_SQUARED 0   // sse, quadratic, mse: dC0/da = 2 (a - y)
-#define FUSED_LOSS_XENT 1      // cross entropy: delta = softmax(z) - y
+// the cost codes (-D from losses.Loss.CODES): FUSED_LOSS_SQUARED for sse,
+// quadratic and mse (dC0/da = 2 (a - y)), FUSED_LOSS_XENT for cross entropy
+// (delta = softmax(z) - y)
+#if !defined(FUSED_LOSS_SQUARED) || !defined(FUSED_LOSS_XENT)
+#error "compile with the -D defines of gpubackprop.kernels.defines: FUSED_LOSS_SQUARED, FUSED_LOSS_XENT"
+#endif
 
 __host__ __device__ __forceinline__ int fused_pad(int n)
 {

@@ -47,13 +47,12 @@ if not hasattr(np, "row_stack"):
 
 from numba import cuda  # noqa: E402  (after the shim)
 
-from . import BIAS_ROWS, GEMM_TILES  # noqa: E402
+from . import BIAS_ROWS, GEMM_TILES, REDUCE_MAX_BLOCKS, REDUCE_THREADS, UPDATE_MODES  # noqa: E402
 
 from gpubackprop import activations  # noqa: E402
 
 # weight_update / bias_update / update_reduce modes (weight_update.cu)
-GRADIENT, SGD = 0, 1
-REDUCE_THREADS, REDUCE_BLOCKS = 256, 4096     # update_reduce's launch (weight_update.cu)
+GRADIENT, SGD = UPDATE_MODES["GB_GRADIENT"], UPDATE_MODES["GB_SGD"]
 
 IDENTITY = activations.CODES["identity"]
 
@@ -387,7 +386,7 @@ def kernels(dtype):
         update_grid=lambda n_out, n_in, chunks: (_cdiv(n_out, TILE_M), _cdiv(n_in, TILE_N),
                                                  chunks),
         bias_grid=lambda n, chunks=1: (_cdiv(n, 32), chunks),
-        reduce_grid=lambda n_params: (min(_cdiv(n_params, REDUCE_THREADS), REDUCE_BLOCKS),))
+        reduce_grid=lambda n_params: (min(_cdiv(n_params, REDUCE_THREADS), REDUCE_MAX_BLOCKS),))
 
 
 def probe_ptx(cc):

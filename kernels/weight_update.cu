@@ -39,11 +39,8 @@
 // vb, db, part are not declared __restrict__.
 #include "gemm_common.cuh"
 
-#define GB_GRADIENT 0
-#define GB_SGD 1
-
-#if !defined(BIAS_ROWS)
-#error "compile with the -D defines of BIAS_ROWS (gpubackprop.kernels.defines): BIAS_ROWS"
+#if !defined(BIAS_ROWS) || !defined(GB_GRADIENT) || !defined(GB_SGD)
+#error "compile with the -D defines of gpubackprop.kernels.defines: BIAS_ROWS, GB_GRADIENT, GB_SGD"
 #endif
 
 __device__ __forceinline__ void gb_sgd_apply(REAL* p, REAL* v, long long idx, REAL g,

@@ -27,14 +27,14 @@ import warnings
 import numpy as np
 
 from .. import activations
+from ..checks import boolean
 from .base import Backend
-from .gpu_common import update_partials_bytes, activation_code, cdiv, copy_back, device_unavailable_reason, \
-    elementwise, in_kernels, kernels_package, on_device, writable_out
+from .gpu_common import activation_code, cdiv, copy_back, device_unavailable_reason, \
+    elementwise, in_kernels, kernels_package, on_device, require_kernel_device, \
+    update_partials_bytes, writable_out
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _INT32_MAX = 2**31 - 1
-GB_GRADIENT, GB_SGD = 0, 1     # weight_update.cu modes
-_REDUCE_THREADS, _REDUCE_MAX_BLOCKS = 256, 4096
 
 
 class CudaBackend(Backend):
@@ -46,13 +46,9 @@ class CudaBackend(Backend):
               "dense_forward_tf32.cu")
 
     def __init__(self, device, tf32=False):
-        if device.kind not in self.device_kinds:
-            raise ValueError(f"backend 'cuda' runs on cuda or cuda-emulator devices, "
-                             f"not on {device}")
-        if not isinstance(tf32, (bool, np.bool_)):
-            raise TypeError(f"tf32 must be True or False; got {tf32!r}")
+        require_kernel_device(device, self.name)
+        self.tf32 = boolean("tf32", tf32)
         super().__init__(device)
-        self.tf32 = bool(tf32)
         self._kp = kernels_package()
         self._gpu = device.kind == "cuda"
         self._tf32_broken = None        # why the TF32 kernel could not be built
@@ -176,7 +172,7 @@ class CudaBackend(Backend):
             bbuf, bcopy = writable_out(db, (n_out,), delta.dtype, xp)
             # the pointers mode GRADIENT never reads get the output buffers
             self._launch_update(delta, a_prev, wbuf, wbuf, wbuf, bbuf, bbuf, bbuf,
-                                scale, 0.0, 0.0, 0.0, GB_GRADIENT)
+                                scale, 0.0, 0.0, 0.0, self._kp.UPDATE_MODES["GB_GRADIENT"])
             return copy_back(wbuf, dW, wcopy), copy_back(bbuf, db, bcopy)
 
     def _partial_buffer(self, n, dtype):
@@ -208,7 +204,8 @@ class CudaBackend(Backend):
         if chunks > 1:
             P = N * K + N
             self._kernel("weight_update.cu", dt, "update_reduce")(
-                (min(cdiv(P, _REDUCE_THREADS), _REDUCE_MAX_BLOCKS),), (_REDUCE_THREADS,),
+                (min(cdiv(P, self._kp.REDUCE_THREADS), self._kp.REDUCE_MAX_BLOCKS),),
+                (self._kp.REDUCE_THREADS,),
                 (part, np.int32(chunks), W, vW, dW, b, vb, db, np.int32(N), np.int32(K), *hyper))
 
     # -- the fast path: the loop with the update fused into the gradient kernels --------
@@ -247,7 +244,8 @@ class CudaBackend(Backend):
         if self._supported(delta, a_prev, *params) and all(p.flags.c_contiguous for p in params):
             delta, a_prev = self._contiguous(delta, a_prev)
             vW, vb = (vW, vb) if mu else (W, b)      # never read without momentum
-            self._launch_update(delta, a_prev, W, vW, W, b, vb, b, scale, lr, mu, wd, GB_SGD)
+            self._launch_update(delta, a_prev, W, vW, W, b, vb, b, scale, lr, mu, wd,
+                                self._kp.UPDATE_MODES["GB_SGD"])
             return
         dW, db = Backend.weight_gradient(self, delta, a_prev, scale)
         for p, g, v in ((W, dW, vW), (b, db, vb)):   # optim.SGD.step's formulas

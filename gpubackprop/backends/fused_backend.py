@@ -28,9 +28,10 @@ It runs unchanged on a GPU (CuPy, NVRTC) and on the "cuda-emulator" device
 import numpy as np
 
 from .. import activations
+from ..checks import boolean
 from .base import Backend
 from .gpu_common import cdiv, device_unavailable_reason, in_kernels, kernels_package, \
-    on_device, pointer
+    on_device, pointer, require_kernel_device
 
 SOURCE = "fused_mlp.cu"
 KERNEL_NAMES = ("fused_forward", "fused_backward", "fused_reduce_sgd")
@@ -42,12 +43,10 @@ KC = _KP.FUSED["FUSED_KC"]
 MAX_LAYERS = _KP.FUSED["FUSED_MAX_LAYERS"]
 THREADS = _KP.FUSED_THREADS
 DTYPES = _KP.DTYPES[SOURCE]
-MODE_GRAD, MODE_SGD = 0, 1
-LOSS_SQUARED, LOSS_XENT = 0, 1
+MODE_GRAD, MODE_SGD = _KP.FUSED_MODES["FUSED_MODE_GRAD"], _KP.FUSED_MODES["FUSED_MODE_SGD"]
 LOSSES = ("sse", "mse", "cross_entropy")
 _INT32_MAX = 2**31 - 1
 _STATIC_SMEM = 2048        # the kernels' static __shared__ tables (ptxas: <= 1168 bytes)
-_REDUCE_MAX_BLOCKS = 4096
 
 
 def padded(n):
@@ -93,14 +92,10 @@ class FusedBackend(Backend):
     device_kinds = ("cuda", "cuda-emulator")
 
     def __init__(self, device, deterministic=True):
-        if device.kind not in self.device_kinds:
-            raise ValueError(f"backend 'fused' runs on cuda or cuda-emulator devices, "
-                             f"not on {device}")
-        if not isinstance(deterministic, (bool, np.bool_)):
-            raise TypeError(f"deterministic must be True or False; got {deterministic!r}")
-        super().__init__(device)
+        require_kernel_device(device, self.name)
         #: False: the partials are atomicAdd-ed (FUSED_ATOMIC), not bitwise reproducible
-        self.deterministic = bool(deterministic)
+        self.deterministic = boolean("deterministic", deterministic)
+        super().__init__(device)
         self._scratch = {}
 
     @classmethod
@@ -187,12 +182,11 @@ class FusedBackend(Backend):
         smem, wp = self._forward(k, X, idx, B, ptrs, dims, acts, sizes, act_out)
         if not self.deterministic:
             part[:n_params] = 0
-        loss_code = LOSS_XENT if loss.name == "cross_entropy" else LOSS_SQUARED
         T = cdiv(B, TILE_B)
         k["fused_backward"]((T,), (THREADS,),
                             (X, Y, idx, np.int32(B), L, ptrs, dims, acts, wp, act_out,
-                             np.int32(loss_code), part, cost_out, correct_out), shared_mem=smem)
-        grid = min(cdiv(n_params, THREADS), _REDUCE_MAX_BLOCKS)
+                             np.int32(loss.code), part, cost_out, correct_out), shared_mem=smem)
+        grid = min(cdiv(n_params, THREADS), _KP.REDUCE_MAX_BLOCKS)
         k["fused_reduce_sgd"]((grid,), (THREADS,),
                               (part, np.int32(T if self.deterministic else 1), L, ptrs, vptrs,
                                dims, s(scale), s(lr), s(mu), s(wd), np.int32(mode), grad_out))

@@ -60,6 +60,16 @@ def device_unavailable_reason(device, name):
         from ..device import emulator_status
 
         return emulator_status()[1] or None
+    return _wrong_device(device, name)
+
+
+def require_kernel_device(device, name):
+    """ValueError unless `device` runs the CUDA C kernels (a GPU or the cuda-emulator)."""
+    if device.kind not in ("cuda", "cuda-emulator"):
+        raise ValueError(_wrong_device(device, name))
+
+
+def _wrong_device(device, name):
     return f"backend {name!r} runs on cuda or cuda-emulator devices, not on {device}"
 
 

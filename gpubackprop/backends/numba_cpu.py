@@ -49,10 +49,11 @@ from numba.typed import List
 
 from .. import activations
 from ..checks import positive_int
+from ..losses import Loss
 from .base import Backend
 
 _SOFTMAX, _IDENTITY = activations.CODES["softmax"], activations.CODES["identity"]
-_CROSS_ENTROPY = 1          # losses.Loss.CODES: 0 squared error, 1 cross entropy
+_CROSS_ENTROPY = Loss.CODES["cross_entropy"]     # the other costs are squared errors
 NOTICE = "compiling the CPU kernels, first run only ..."
 #: steps with more activations than this (batch x sum of layer widths) run the
 #: trainer's NumPy loop instead of the compiled epoch (see fuses)
