@@ -184,7 +184,7 @@ def is_real(value):
 def network_meta(net):
     """The network's metadata record: format, version, sizes, activations, dtype."""
     return {"format": NETWORK_FORMAT, "version": NETWORK_VERSION,
-            "sizes": net.sizes, "activations": [layer.activation for layer in net.layers],
+            "sizes": net.sizes, "activations": net.activations,
             "dtype": net.dtype}
 
 

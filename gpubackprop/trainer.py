@@ -282,7 +282,7 @@ class Trainer:
     def hyper(self):
         """The frozen record of what one SGD step does (for a fused fast path)."""
         opt = self.optimizer
-        return Hyper(activations=tuple(layer.activation for layer in self.net.layers),
+        return Hyper(activations=tuple(self.net.activations),
                      loss=self.loss, batch_size=self.batch_size, lr=opt.lr,
                      momentum=opt.momentum, weight_decay=opt.weight_decay,
                      sizes=tuple(self.net.sizes))

@@ -97,3 +97,15 @@ def dev(request):
 def host(x):
     """A device array as a NumPy array."""
     return gb.device("cpu").asarray(x)
+
+
+def run_train_epoch(be, dev, params, X, Y, order, hyper):
+    """`be.train_epoch` on copies of host `params` moved to `dev`: the trained
+    [(W, b)] and (step_costs, n_correct, bad_step), all as NumPy arrays."""
+    from gpubackprop.optim import SGD
+
+    assert be.fuses(hyper)
+    p = [(dev.asarray(W), dev.asarray(b)) for W, b in params]
+    state = SGD(hyper.lr, hyper.momentum, hyper.weight_decay).init_state(p)
+    out = be.train_epoch(p, state, dev.asarray(X), dev.asarray(Y), dev.asarray(order), hyper)
+    return [(host(W), host(b)) for W, b in p], [host(x) for x in out]

@@ -13,7 +13,8 @@ from gpubackprop.backends.base import Hyper
 from gpubackprop.backends.cuda_backend import CudaBackend
 from gpubackprop.optim import SGD
 
-from emulated import TOL, forward_ref, host as _host, needs_emulator, problem, reference_epoch
+from emulated import TOL, forward_ref, host as _host, needs_emulator, problem, reference_epoch, \
+    run_train_epoch
 from emulated import dev  # noqa: F401  (the device fixture)
 from reference import rel_err
 
@@ -37,18 +38,13 @@ def test_train_epoch_matches_the_numpy_loop(dev, case, dtype):
     hyper = Hyper(acts, losses.get(loss), bs, lr=0.2, momentum=0.9, weight_decay=1e-3)
     order = np.random.default_rng(1).permutation(n)
     ref, ref_costs, ref_correct = reference_epoch(params, X, Y, order, hyper)
-    be = CudaBackend(dev)
-    assert be.fuses(hyper)
-    p = [(dev.asarray(W), dev.asarray(b)) for W, b in params]
-    state = SGD(0.2, 0.9, 1e-3).init_state(p)
-    costs, correct, bad = be.train_epoch(p, state, dev.asarray(X), dev.asarray(Y),
-                                         dev.asarray(order), hyper)
+    p, (costs, correct, bad) = run_train_epoch(CudaBackend(dev), dev, params, X, Y, order, hyper)
     for (W, b), (W0, b0) in zip(p, ref):
-        assert rel_err(_host(W), W0) <= TOL[dtype] and rel_err(_host(b), b0) <= TOL[dtype]
-    assert rel_err(_host(costs), ref_costs) <= TOL[dtype]
-    assert int(_host(bad)) == -1
+        assert rel_err(W, W0) <= TOL[dtype] and rel_err(b, b0) <= TOL[dtype]
+    assert rel_err(costs, ref_costs) <= TOL[dtype]
+    assert int(bad) == -1
     if dtype == "float64":
-        assert int(_host(correct)) == ref_correct
+        assert int(correct) == ref_correct
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -13,9 +13,8 @@ import gpubackprop as gb
 from gpubackprop import losses
 from gpubackprop.backends.base import Hyper
 from gpubackprop.backends.fused_backend import FusedBackend, shared_bytes
-from gpubackprop.optim import SGD
 
-from emulated import TOL, host as _host, problem, reference_epoch
+from emulated import TOL, host as _host, problem, reference_epoch, run_train_epoch
 from emulated import dev  # noqa: F401  (the device fixture)
 from reference import rel_err
 
@@ -37,11 +36,7 @@ def _train(dev, params, X, Y, order, hyper, deterministic=True):
     be = FusedBackend(dev, deterministic=deterministic)
     be.check_network([params[0][0].shape[1]] + [W.shape[0] for W, _ in params],
                      hyper.activations, params[0][0].dtype)
-    assert be.fuses(hyper)
-    p = [(dev.asarray(W), dev.asarray(b)) for W, b in params]
-    state = SGD(hyper.lr, hyper.momentum, hyper.weight_decay).init_state(p)
-    out = be.train_epoch(p, state, dev.asarray(X), dev.asarray(Y), dev.asarray(order), hyper)
-    return [(_host(W), _host(b)) for W, b in p], [_host(x) for x in out]
+    return run_train_epoch(be, dev, params, X, Y, order, hyper)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

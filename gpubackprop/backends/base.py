@@ -28,6 +28,7 @@ runs faster.  Declared, optional parts of the contract:
         it applies (the trainer runs its own loop otherwise)
 """
 import dataclasses
+import math
 
 from .. import activations
 
@@ -198,14 +199,7 @@ def _flat_grads(xp, sizes, dtype, align=64):
     starts, total = [], 0
     for shape in shapes:
         starts.append(total)
-        total += -(-_size(shape) // align) * align
+        total += -(-math.prod(shape) // align) * align
     buffer = xp.zeros(total, dtype=dtype)
-    views = [buffer[o:o + _size(shape)].reshape(shape) for o, shape in zip(starts, shapes)]
+    views = [buffer[o:o + math.prod(shape)].reshape(shape) for o, shape in zip(starts, shapes)]
     return buffer, list(zip(views[0::2], views[1::2]))
-
-
-def _size(shape):
-    size = 1
-    for n in shape:
-        size *= n
-    return size
