@@ -19,6 +19,7 @@ Without a launcher (mpi4py missing, or a one-process world) `init()` returns
 the one-rank communicator, which needs nothing and changes nothing.
 """
 import sys
+import time
 
 from .comm import (MPI_HINT, CollectiveMismatchError, Communicator, ConfigMismatchError,
                    DesyncError, MPIComm, max_shard_rows, shard_bounds)
@@ -76,6 +77,10 @@ def init(backend=None, deterministic=False, debug=False, timeout=600.0):
     return comm
 
 
+#: seconds a failing rank waits, after printing its error, before it aborts the job
+ABORT_GRACE_S = 0.5
+
+
 def local(deterministic=False, debug=False):
     """The one-rank communicator (what Trainer uses without comm=)."""
     return Communicator(deterministic=deterministic, debug=debug)
@@ -91,6 +96,10 @@ def _abort_on_uncaught_exception(world):
     def hook(kind, value, traceback):
         previous(kind, value, traceback)
         sys.stderr.flush()
+        # the launcher forwards a rank's output asynchronously and drops what
+        # it has not forwarded when the job aborts: give every failing rank's
+        # traceback time to arrive before ending them all
+        time.sleep(ABORT_GRACE_S)
         world.Abort(1)
 
     hook._gpubackprop_abort = True
