@@ -69,4 +69,5 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("training_case", [
             pytest.param((regime, dev, impl), id=f"{regime.name}-{dev}-{impl}")
             for regime in cfg.regimes for dev in DEVICES
-            for impl in ("gpubackprop",) + PEERS])
+            for impl in ("gpubackprop", "gpubackprop[fast-path]", "gpubackprop[loop]")
+            + tuple(p for p in PEERS if p != "paths")])

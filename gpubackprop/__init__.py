@@ -7,7 +7,7 @@
 """
 __version__ = "0.1.0"
 
-from . import data, explain, memory
+from . import autotune, data, explain, memory
 from . import backends
 from .device import Device, available_devices, device, transfers
 from .gradcheck import gradcheck
@@ -21,5 +21,5 @@ from .history import History, TrainingDiverged
 from .trainer import Trainer
 
 __all__ = ["Dense", "Device", "DeviceOutOfMemory", "History", "Loss", "MLP", "SGD", "Tensor", "Trainer",
-           "TrainingDiverged", "available_devices", "data", "device", "explain", "backends",
+           "TrainingDiverged", "autotune", "available_devices", "data", "device", "explain", "backends",
            "gradcheck", "load", "memory", "transfers"]

@@ -234,7 +234,24 @@ def cmd_info(args):
             auto = "none usable"
         print(f"  {'auto':<6} on {where:<14} -> {auto}")
         print(f"  {'':<6}    {'':<14}    rule: {backends.AUTO_REASONS[dev.kind]}")
+    _print_autotune()
     return 0
+
+
+def _print_autotune():
+    """The fast path or loop choices measured on this machine (autotune.py)."""
+    from gpubackprop import autotune
+
+    recorded = autotune.choices()
+    print(f"fast path or loop, measured per shape on this machine: {len(recorded)} recorded "
+          f"in {autotune.cache_path() or 'this process only'}")
+    for spec, entry in recorded:
+        s = entry["seconds"]
+        print(f"  {spec['backend']} {spec['sizes']} {'/'.join(spec['activations'])} "
+              f"{spec['loss']}, batch {spec['batch']}, {spec['dtype']}: "
+              f"{'fast path' if entry['fast_path'] else 'loop'} (fast path "
+              f"{s['fast path'] * 1e3:.3g} ms/step, loop {s['loop'] * 1e3:.3g} ms/step; "
+              f"{entry.get('date', '?')})")
 
 
 def build_parser():

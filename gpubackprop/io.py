@@ -61,7 +61,13 @@ def save_file(path, arrays, meta, what="file"):
             raise TypeError(f"cannot save array {name!r} ({value.dtype}): only float32 and "
                             "float64 arrays are written")
         tensors[name] = np.ascontiguousarray(value)
-    data = save(tensors, metadata=encode_meta(meta))
+    write_atomically(path, save(tensors, metadata=encode_meta(meta)), what)
+
+
+def write_atomically(path, data, what="file"):
+    """Write the bytes `data` to `path` as save_file does: a temporary file
+    next to it, fsynced, renamed over it; `path` is left as it was on error."""
+    folder = os.path.dirname(os.path.abspath(path))
     tmp = paths.temp_path(path)           # .NAME.tmp-PID-RANDOM: see remove_stale_temps
     with paths.write_errors(path, what):
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # the umask applies

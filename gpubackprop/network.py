@@ -37,6 +37,12 @@ class MLP:
         for layer in self.layers:      # a Dense belongs to one network (see Dense)
             layer._adopt(self)
 
+    @property
+    def backend_options(self):
+        """The backend_options the network was made with (a copy), or None."""
+        options = self._backend_request[1]
+        return None if options is None else dict(options)
+
     @classmethod
     def from_sizes(cls, sizes, activation="sigmoid", output_activation=None, **kwargs):
         """MLP.from_sizes([784, 30, 10], activation="sigmoid"): every layer uses

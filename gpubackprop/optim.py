@@ -103,8 +103,7 @@ class SGD:
                 if mu:
                     v *= mu                       # v = mu v + g
                     v += g
-                    g = v
-                p -= lr * g                       # p = p - lr v
+                p -= _times(lr, v if mu else g, out=g)   # p = p - lr v  (lr v into g's buffer)
 
     def fused_record(self):
         """(lr, momentum, weight_decay) when this optimizer's step is exactly
@@ -119,3 +118,9 @@ class SGD:
 
     def __repr__(self):
         return f"SGD(lr={self.lr}, momentum={self.momentum}, weight_decay={self.weight_decay})"
+
+
+def _times(lr, x, out):
+    """lr * x into `out` (the step's gradient buffer, scratch by then: no
+    temporary the size of the parameter)."""
+    return array_module(x).multiply(x, lr, out=out)

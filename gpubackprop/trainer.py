@@ -4,9 +4,11 @@ Each epoch shuffles the examples with a seeded generator and runs SGD steps
 over the mini-batches: the one loop of this project, Nielsen's `SGD` and
 `update_mini_batch` (see `_steps`): gather the batch, feedforward, backward,
 the gradients, then `optimizer.step(params, grads, state)`.  A backend with a
-fused fast path (`backend.fuses(hyper)`) runs a whole run of steps in
-`train_epoch` instead, with the same numbers.  The data set is moved to the
-network's device once; the host reads back a few numbers per epoch.
+fused fast path (`backend.fuses(hyper)`) can run a whole run of steps in
+`train_epoch` instead, with the same numbers; whether it does is `fast_path`
+("auto": the faster, measured once per shape and machine, autotune.py).  The
+data set is moved to the network's device once; the host reads back a few
+numbers per epoch.
 """
 import math
 import os
@@ -14,7 +16,7 @@ import time
 
 import numpy as np
 
-from . import distributed, inputs, losses, memory
+from . import autotune, distributed, inputs, losses, memory
 from .checks import boolean, positive_int
 from .backends.base import Hyper
 from .checkpoint import Checkpoint
@@ -31,10 +33,14 @@ class Trainer:
 
     comm: a communicator from gpubackprop.distributed.init() for data-parallel
     training (batch_size is then the GLOBAL batch, split over the ranks);
-    None is the one-rank world."""
+    None is the one-rank world.  fast_path: "auto" (the faster of the
+    backend's fast path and the loop, measured once per shape and machine:
+    autotune.py), True (the fast path; an error where the backend has none
+    for the run) or False (the loop).  After a fit, `path_choice` says which
+    ran and why."""
 
     def __init__(self, net, loss="sse", optimizer=None, batch_size=10, seed=0, reduction="mean",
-                 comm=None):
+                 comm=None, fast_path="auto"):
         from .network import MLP
 
         if not isinstance(net, MLP):
@@ -56,6 +62,9 @@ class Trainer:
             raise TypeError(f"comm must come from gpubackprop.distributed.init(); "
                             f"got {type(comm).__name__}")
         self.comm = comm
+        self.fast_path = fast_path
+        #: the autotune.Choice of the last fit: fast path or loop, and why
+        self.path_choice = None
         self.history = History()
         self._interrupted = False       # set by Ctrl-C during fit (see guards.deferred_interrupt)
         #: the optimizer's state (optim.SGDState), made on the first fit
@@ -69,6 +78,17 @@ class Trainer:
     @batch_size.setter
     def batch_size(self, value):
         self._batch_size = positive_int("batch_size", value)
+
+    @property
+    def fast_path(self):
+        """"auto", True or False: see the class docstring."""
+        return self._fast_path
+
+    @fast_path.setter
+    def fast_path(self, value):
+        if not (value == "auto" if isinstance(value, str) else isinstance(value, bool)):
+            raise ValueError(f"fast_path must be 'auto', True or False; got {value!r}")
+        self._fast_path = value
 
     # -- data ---------------------------------------------------------------
     def _data(self, X, Y, name):
@@ -220,6 +240,7 @@ class Trainer:
                 start_epoch, start_step, partial = comm.on_root(ckpt.restore)
         if comm.communicates:      # rank 0's parameters, momentum, shuffle and history
             distributed.broadcast_start(self)
+        self.path_choice = self._choose_path(X, Y)
         bar = ProgressBar(epochs * n_steps, enabled=progress if comm.rank == 0 else False,
                           epochs=epochs)
         self._bar = bar                # closed by fit, however _fit ends
@@ -287,22 +308,51 @@ class Trainer:
                      momentum=opt.momentum, weight_decay=opt.weight_decay,
                      sizes=tuple(self.net.sizes))
 
-    def _steps(self, X, Y, order):
+    def _choose_path(self, X, Y):
+        """The autotune.Choice of this fit: the backend's fast path or the loop."""
+        backend, hyper = self.net.backend, self.hyper()
+        applies = self.optimizer.fused_record() is not None and backend.fuses(hyper)
+        if self.fast_path is True and not applies:
+            raise ValueError(f"fast_path=True, but backend {backend.name!r} has no fast path "
+                             f"for this run ({hyper.loss.name}, {self.optimizer!r}); use "
+                             "fast_path='auto' or False")
+        if not applies:
+            return autotune.Choice(False, f"backend {backend.name!r} has no fast path for this "
+                                   "run", {}, "rule")
+        if self.comm.communicates:
+            self.comm.say_once("fused", f"backend {backend.name!r} fuses the gradient with the "
+                               "update, so data-parallel training runs the trainer's loop instead")
+            return autotune.Choice(False, "data-parallel training all-reduces the gradients "
+                                   "between steps: the loop", {}, "rule")
+        if self.fast_path != "auto":
+            return autotune.Choice(self.fast_path, f"fast_path={self.fast_path} was asked for",
+                                   {}, "argument")
+        snapshot, xp = self._snapshot(), backend.xp
+
+        def run(fast_path, steps):     # on the first rows, then back to the snapshot
+            order = xp.arange(steps * self.batch_size) % X.shape[0]
+            try:
+                with np.errstate(all="ignore"):
+                    self._steps(X, Y, order, fast_path)
+            finally:
+                self._restore(snapshot)
+
+        return autotune.choose(backend, hyper, X.dtype, run, self.net.backend_options)
+
+    def _steps(self, X, Y, order, fast_path=None):
         """SGD steps over the batches order[0:bs], order[bs:2bs], ... (the last
-        may be smaller).  Returns device values (step_costs, n_correct,
-        bad_step): each step's sum of C0 before its update, the rows with
-        argmax(a) == argmax(y), the first step whose cost was not finite (-1
-        if none).  Nothing here waits on the device."""
+        may be smaller) on the path of path_choice (or `fast_path`).  Returns
+        device values (step_costs, n_correct, bad_step): each step's sum of C0
+        before its update, the rows with argmax(a) == argmax(y), the first step
+        whose cost was not finite (-1 if none).  Nothing here waits on the
+        device."""
         net, hyper, comm = self.net, self.hyper(), self.comm
         backend = net.backend
-        if self.optimizer.fused_record() is not None and backend.fuses(hyper):
-            if not comm.communicates:
-                out = backend.train_epoch(net.params, self.state, X, Y, order, hyper)
-                if self._interrupted:       # Ctrl-C: stop after this run of steps
-                    raise KeyboardInterrupt
-                return out
-            comm.say_once("fused", f"backend {backend.name!r} fuses the gradient with the "
-                          "update, so data-parallel training runs the trainer's loop instead")
+        if self.path_choice.fast_path if fast_path is None else fast_path:
+            out = backend.train_epoch(net.params, self.state, X, Y, order, hyper)
+            if self._interrupted:       # Ctrl-C: stop after this run of steps
+                raise KeyboardInterrupt
+            return out
         xp, bs = backend.xp, self.batch_size
         n_steps = -(-len(order) // bs)
         step_costs = xp.empty(n_steps, dtype=X.dtype)

@@ -15,3 +15,17 @@ def _gpu_present():
 if "NUMBA_ENABLE_CUDASIM" not in os.environ and not _gpu_present():
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
+
+
+import pytest  # noqa: E402 - after the simulator switch above
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _autotune_record(tmp_path_factory):
+    """The session records auto's measured choices (autotune.py) in a file of
+    its own, not in the user's ~/.cache."""
+    from gpubackprop import autotune
+
+    autotune.use_cache(tmp_path_factory.mktemp("autotune") / "autotune.json")
+    yield
+    autotune.use_cache(None)

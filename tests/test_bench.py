@@ -204,7 +204,8 @@ def test_absent_peers_skip_with_their_reason(monkeypatch, tiny_run):
     regime = bench.PROFILES["tiny"].regime("small")
     data, params = bench.make_data(regime), bench.initial_params(regime)
     cases, skipped = bench.make_cases("cpu", regime, data, params, list(bench.PEERS))
-    assert [c.impl for c in cases] == ["gpubackprop", "floor"]
+    assert [c.impl for c in cases] == ["gpubackprop", "gpubackprop[numba:fast-path]",
+                                       "gpubackprop[numba:loop]", "floor"]
     reasons = dict(skipped)
     for impl, module in (("torch-eager", "torch"), ("jax", "jax"), ("sklearn", "sklearn")):
         assert f"{module} is not installed" in reasons[impl]
@@ -226,6 +227,21 @@ def test_targets_only_at_their_shapes():
     assert got["floor"]["value"] == 0.8
     small = bench.PROFILES["tiny"].regime("wide")
     assert run.targets(result, "quick", [small]) == []
+
+
+@pytest.mark.parametrize("told, met", [((1.02, 1.6), True), ((0.93, 1.0), False)])
+def test_the_paths_target_holds_auto_to_its_faster_path(told, met):
+    """auto within 5% of the faster of its own fast path and loop (the told
+    rows' time / auto's time >= 0.95)."""
+    full = bench.PROFILES["full"].regime("narrow")
+    rows = [{"regime": "narrow", "device": "cpu", "role": "ours", "impl": "gpubackprop",
+             "ratio": 1.0, "gemm_fraction": 0.6}] + [
+        {"regime": "narrow", "device": "cpu", "role": "ours-backend",
+         "impl": f"gpubackprop[numba:{path}]", "ratio": r, "gemm_fraction": 0.6}
+        for path, r in zip(("fast-path", "loop"), told)]
+    result = {"results": rows, "devices": ["cpu"], "peers": ["paths"]}
+    (t,) = run.targets(result, "quick", [full])
+    assert t["peer"] == "paths" and t["value"] == min(told) and t["met"] is met
 
 
 def test_output_paths():

@@ -35,7 +35,7 @@ def dsoftsign(a):
 
 activations.register(activations.Activation("softsign", 7, softsign, dsoftsign))
 import gpubackprop as gb
-from gpubackprop.backends import numba_cpu
+from gpubackprop.backends import numba_cpu_kernels as numba_cpu
 
 rng = np.random.default_rng(0)
 X, Y = rng.normal(size=(40, 5)), np.eye(3)[rng.integers(0, 3, 40)]

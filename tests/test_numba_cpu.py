@@ -11,6 +11,7 @@ from reference import rel_err
 import gpubackprop as gb
 from gpubackprop import activations, losses
 from gpubackprop.backends.base import Backend, Hyper
+from gpubackprop.backends import numba_cpu_kernels as kernels
 from gpubackprop.backends.numba_cpu import NumbaCPUBackend
 from gpubackprop.optim import SGD
 
@@ -167,19 +168,76 @@ def test_trainer_fit_runs_the_compiled_epoch_with_the_loop_numbers():
     assert h1.accuracy == h0.accuracy
 
 
-def test_fast_path_only_where_it_wins():
-    """The compiled epoch for small steps; BLAS-bound steps (batch x widths
-    above FUSED_MAX_ELEMENTS) take the trainer's NumPy loop."""
-    from gpubackprop.backends.numba_cpu import FUSED_MAX_ELEMENTS
-
+def test_fuses_says_where_the_epoch_can_run_not_where_it_wins():
+    """fuses() is about what the epoch can run, at any size; which path is
+    faster is measured by the trainer (autotune.py, tests/test_autotune.py)."""
     be = NumbaCPUBackend(CPU)
 
-    def hyper(sizes, batch):
-        return Hyper(("relu",) * (len(sizes) - 1), losses.get("sse"), batch, 0.1,
+    def hyper(sizes, batch, loss="sse"):
+        return Hyper(("relu",) * (len(sizes) - 1), losses.get(loss), batch, 0.1,
                      sizes=tuple(sizes))
 
     assert be.fuses(hyper([784, 30, 10], 10))
-    assert be.fuses(hyper([784, 256, 256, 10], 128))
-    assert not be.fuses(hyper([64] * 6 + [10], 65536))
-    n = FUSED_MAX_ELEMENTS // 40
-    assert be.fuses(hyper([5, 30, 10], n - 1)) and not be.fuses(hyper([5, 30, 10], n + 1))
+    assert be.fuses(hyper([64] * 6 + [10], 65536))
+    assert not be.fuses(Hyper(("relu", "unknown"), losses.get("sse"), 10, 0.1, sizes=(3, 4, 2)))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("hidden", H)
+@pytest.mark.parametrize("loss,out", [("sse", "sigmoid"), ("cross_entropy", "identity"),
+                                      ("cross_entropy", "softmax"), ("mse", "tanh")])
+def test_the_loops_ops_match_the_numpy_reference(dtype, hidden, loss, out):
+    """The four ops as the trainer's loop calls them (into the workspace's
+    buffers: the compiled passes between NumPy's GEMMs) against the float64
+    NumPy formulas; 2,100 rows, so the column sums add three blocks."""
+    sizes, B = [6, 9, 7, 4], 2 * kernels.COLUMN_BLOCK + 52
+    params, X, Y, _ = problem(sizes, B, len(hidden) + len(out), dtype)
+    acts, loss = (hidden, hidden, out), losses.get(loss)
+    be, ref = NumbaCPUBackend(CPU), Backend(CPU)
+    p64 = [(W.astype(np.float64), b.astype(np.float64)) for W, b in params]
+    ws = be.workspace(sizes, B, dtype)
+    x, y, a_out, delta_out = ws.rows(B)
+    x[...], y[...] = X, Y
+    a = be.feedforward(params, acts, x, out=a_out)
+    a_ref = ref.feedforward(p64, acts, X.astype(np.float64))
+    delta = be.backward(params, acts, a, y, loss, out=delta_out)
+    delta_ref = ref.backward(p64, acts, a_ref, Y.astype(np.float64), loss)
+    grads = [be.weight_gradient(d, ap, 1 / B, dW=dW, db=db)
+             for d, ap, (dW, db) in zip(delta, a, ws.grads)]
+    grads_ref = [ref.weight_gradient(d, ap, 1 / B) for d, ap in zip(delta_ref, a_ref)]
+    tol = 10 * TOL[dtype]
+    for got, want in zip(a[1:] + delta, a_ref[1:] + delta_ref):
+        assert got.dtype == dtype and rel_err(got, want) <= tol
+    for (dW, db), (dW0, db0) in zip(grads, grads_ref):
+        assert rel_err(dW, dW0) <= tol and rel_err(db, db0) <= tol
+    assert all(g is b for g, b in zip(a[1:], a_out))        # written where it was asked
+
+
+def test_the_ops_give_the_same_bits_with_or_without_buffers():
+    """net.forward, gradcheck and a reference written with the ops (no
+    buffers) get the bits of the trainer's loop (into its buffers)."""
+    params, X, Y, _ = problem([5, 7, 3], 11, 4, np.float32)
+    be, acts, loss = NumbaCPUBackend(CPU), ("tanh", "softmax"), losses.get("cross_entropy")
+    a = be.feedforward(params, acts, X)
+    d = be.backward(params, acts, a, Y, loss)
+    g = [be.weight_gradient(dl, ap, 0.5) for dl, ap in zip(d, a)]
+    ws = be.workspace([5, 7, 3], 11, np.float32)
+    x, y, a_out, d_out = ws.rows(11)
+    x[...], y[...] = X, Y
+    a2 = be.feedforward(params, acts, x, out=a_out)
+    d2 = be.backward(params, acts, a2, y, loss, out=d_out)
+    g2 = [be.weight_gradient(dl, ap, 0.5, dW=dW, db=db)
+          for dl, ap, (dW, db) in zip(d2, a2, ws.grads)]
+    for u, v in zip(a + d + [t for pair in g for t in pair], a2 + d2 + [t for p in g2 for t in p]):
+        assert u.dtype == np.float32 and np.array_equal(u, v)
+
+
+def test_an_epoch_over_column_blocks_matches_the_loop():
+    """A batch of more than COLUMN_BLOCK rows: the compiled epoch's blocked
+    column sums against the float64 loop."""
+    B = kernels.COLUMN_BLOCK + 77
+    params, X, Y, order = problem([5, 6, 3], 2 * B + 9, 3, np.float32)
+    hyper = Hyper(("relu", "softmax"), losses.get("cross_entropy"), B, 0.3, momentum=0.5)
+    p, costs, _, _ = fused(params, X, Y, order, hyper)
+    ref, ref_costs, _ = reference(params, X, Y, order, hyper)
+    assert params_err(p, ref) <= 1e-5 and rel_err(costs, ref_costs) <= 1e-5

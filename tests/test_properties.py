@@ -97,7 +97,8 @@ def test_save_then_load_round_trips_exactly(problem, dtype):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "net.safetensors"
         net.save(path)
-        back = gb.load(path)
+        back = gb.load(path, backend=net.backend.name)   # bits: the same backend's
+        auto = gb.load(path)                # numba: its own sigma formulas, to rounding
     assert back.sizes == net.sizes and back.dtype == dtype
     assert [layer.activation for layer in back.layers] == hidden + [output]
     for (W, b), (W2, b2) in zip(net.params, back.params):
@@ -105,6 +106,7 @@ def test_save_then_load_round_trips_exactly(problem, dtype):
         assert np.array_equal(W, W2) and np.array_equal(b, b2)
     X, _ = data(sizes, "sse", batch, seed)
     assert np.array_equal(net.forward(X), back.forward(X))
+    np.testing.assert_allclose(auto.forward(X), net.forward(X), rtol=1e-5, atol=1e-6)
 
 
 def _trainer(sizes, hidden, output, loss, reduction, batch, seed, momentum, backend="numpy"):

@@ -39,8 +39,8 @@ AUTO = {"cpu": ("numba", "numpy"), "cuda": ("cupy", "cuda", "numba"),
         "cuda-emulator": ("cuda",)}
 #: the rule of AUTO in one sentence per device kind (`gpubackprop info` prints it)
 AUTO_REASONS = {
-    "cpu": "numba: its compiled epoch when a step has batch x sum of layer widths below "
-           "2^20, the NumPy loop above (measured crossover, bench/RESULTS.md)",
+    "cpu": "numba: its compiled epoch, or the trainer's loop on its ops where that is "
+           "faster, measured once per shape on this machine (autotune.py)",
     "cuda": "cupy until the hand-written kernels are measured on a GPU (its slowest step "
             "is a cuBLAS GEMM, which uses the whole GPU at any shape)",
     "cuda-emulator": "cuda: the hand-written CUDA C kernels the emulator exists to run",

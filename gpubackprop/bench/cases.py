@@ -127,8 +127,10 @@ class Profile:
         return next(r for r in self.regimes if r.name == name)
 
 
-PEERS = ("torch-eager", "torch-graphs", "torch-compile", "jax", "sklearn", "floor")
-_DEFAULT_PEERS = ("torch-eager", "torch-graphs", "jax", "sklearn", "floor")
+#: "paths": auto's backend told each of its paths (fast path, loop), so a run
+#: shows auto within a few percent of the faster one
+PEERS = ("torch-eager", "torch-graphs", "torch-compile", "jax", "sklearn", "floor", "paths")
+_DEFAULT_PEERS = ("torch-eager", "torch-graphs", "jax", "sklearn", "floor", "paths")
 
 PROFILES = {
     "tiny": Profile(

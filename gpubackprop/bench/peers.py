@@ -62,7 +62,8 @@ class OursCase(Case):
 
     role = "ours"
 
-    def __init__(self, device, regime, data, backend="auto", seed=0, trainer_options=None):
+    def __init__(self, device, regime, data, backend="auto", seed=0, trainer_options=None,
+                 fast_path="auto"):
         from .. import backends
         from ..device import device as get_device
         from ..network import MLP
@@ -81,16 +82,28 @@ class OursCase(Case):
         name = self.net.backend.name
         impl = "gpubackprop" if backend == "auto" else f"gpubackprop[{name}]"
         label = f"gpubackprop (auto = {name})" if backend == "auto" else f"gpubackprop ({name})"
+        if fast_path != "auto":                  # one of auto's paths, told
+            path = "fast path" if fast_path else "loop"
+            impl, label = f"gpubackprop[{name}:{path.replace(' ', '-')}]", \
+                f"gpubackprop ({name}, {path})"
+            self.role = "ours-backend"
         super().__init__(impl, label, device, regime)
         self.backend = name
         self.trainer = Trainer(self.net, loss=regime.loss, optimizer=SGD(lr=regime.lr),
-                               batch_size=regime.batch, seed=seed, **(trainer_options or {}))
+                               batch_size=regime.batch, seed=seed, fast_path=fast_path,
+                               **(trainer_options or {}))
+        hyper = self.trainer.hyper()
+        if fast_path is True and not self.net.backend.fuses(hyper):
+            raise Skip(f"backend {name!r} has no fast path for this regime")
         self.dev = dev
         self.X, self.Y = dev.asarray(data.X), dev.asarray(data.Y)   # on the device once
 
     def run(self):
         self.trainer.fit(self.X, self.Y, epochs=1, progress=False)
         self.dev.synchronize()
+        if self.role == "ours":
+            c = self.trainer.path_choice
+            self.notes = f"ran the {'fast path' if c.fast_path else 'loop'}: {c.reason}"
 
 
 class SklearnCase(Case):

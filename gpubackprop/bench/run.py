@@ -25,6 +25,8 @@ TARGETS = (
     ("wide", "torch-eager", "cpu", 1.0, "vs PyTorch eager"),
     ("wide", "jax", "cpu", 1.0, "vs JAX's jitted epoch"),
     ("wide", "floor", "cpu", 0.90, "share of the time NumPy's SGEMMs alone take"),
+    *((r, "paths", "cpu", 0.95, "auto vs the faster of its fast path and loop")
+      for r in ("small", "medium", "narrow", "wide")),
     ("small", "torch-eager", "cuda", 10.0, "Nielsen's recipe vs PyTorch eager"),
     ("narrow", "torch-eager", "cuda", 3.0, "vs PyTorch eager"),
     ("wide", "torch-eager", "cuda", 1.0, "vs PyTorch eager"),
@@ -93,6 +95,12 @@ def make_cases(device, regime, data, params, peers, all_backends=False, trainer_
                 specs.append((f"gpubackprop[{name}]", lambda n=name: OursCase(
                     device, regime, data, backend=n, seed=seed,
                     trainer_options=trainer_options)))
+    if "paths" in peers and device == "cpu":
+        for fast_path in (True, False):
+            specs.append((f"gpubackprop[{'fast-path' if fast_path else 'loop'}]",
+                          lambda f=fast_path: OursCase(device, regime, data, seed=seed,
+                                                       trainer_options=trainer_options,
+                                                       fast_path=f)))
     for mode in ("eager", "graphs", "compile"):
         if f"torch-{mode}" in peers:
             specs.append((f"torch-{mode}",
@@ -245,8 +253,12 @@ def targets(result, profile, chosen):
             ours = next((r for r in mine if r["role"] == "ours"), None)
             other = next((r for r in mine if r["impl"] == peer), None)
             value = None
+            if peer == "paths":              # the slower-or-equal ratio of the told paths
+                told = [r["ratio"] for r in mine if ":" in r["impl"]]
+                other = min(told) if told else None
             if ours is not None and other is not None:
-                value = ours["gemm_fraction"] if peer == "floor" else other["ratio"]
+                value = ours["gemm_fraction"] if peer == "floor" else \
+                    other if peer == "paths" else other["ratio"]
             out.append({"regime": regime, "peer": peer, "device": dev, "minimum": minimum,
                         "what": what, "value": value,
                         "met": None if value is None else bool(value >= minimum)})

@@ -1,0 +1,237 @@
+"""auto's choice between a backend's fast path and the trainer's loop, by measurement.
+
+A backend's fast path (`train_epoch`: the compiled CPU epoch) and the
+trainer's loop (NumPy's GEMMs with compiled passes between them) give the same
+numbers; which is faster depends on the shapes, the machine and its libraries
+(bench/RESULTS.md: the compiled epoch is 3x faster at Nielsen's recipe, the two
+are within a few percent at a batch of 65,536).  So on a CPU, the first time
+a shape trains, the trainer runs a few steps of each on scratch copies of the
+parameters (`choose`), keeps the faster one and records it in a JSON file
+per user, keyed by this machine and its library versions; every later fit of
+that shape, in this process or another, reuses it.  A shape is the backend and
+its options, the layer sizes and activations, the loss, the batch, the dtype
+and whether momentum and weight decay are on.
+
+Not measured: steps with fewer than MEASURE_ABOVE activations (batch x sum of
+the layer widths) take the fast path, which wins there by 1.2x and more
+(RESULTS.md's crossover table); GPU devices take it whenever it applies.
+`Trainer(fast_path=True | False)` skips the choice.  `gpubackprop info`
+prints the recorded choices; `forget()` clears them; `use_cache(path)` moves
+the file (None: the default, ~/.cache/gpubackprop/autotune.json; False: keep
+the choices in this process only).  Each choice is logged on the
+"gpubackprop" logger (level INFO).
+"""
+import datetime
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+from . import __version__
+
+log = logging.getLogger("gpubackprop")
+
+#: steps with fewer activations than this (batch x sum of layer widths) take
+#: the fast path without a measurement
+MEASURE_ABOVE = 2 ** 16
+#: a timed run lasts at least this long (several steps when steps are short)
+RUN_SECONDS = 0.02
+#: timed runs per path when a step is short (one when a step takes > LONG_STEP s)
+ROUNDS, LONG_STEP = 3, 0.25
+FILE_VERSION = 1
+
+_path = None           # use_cache's choice: None = the default file, False = none
+_memory = {}           # problem key -> entry, when no file can be written
+
+
+class Choice(NamedTuple):
+    """fast_path: run the backend's train_epoch (else the trainer's loop);
+    reason: one sentence; seconds: {"fast path": s/step, "loop": s/step} when
+    measured; source: "measured", "recorded" (from the file), "rule" or
+    "argument"."""
+    fast_path: bool
+    reason: str
+    seconds: dict
+    source: str
+
+
+def use_cache(path=None):
+    """Where choices are recorded: a file path, None (the default file) or
+    False (nowhere: measured once per process)."""
+    global _path
+    if path is not None and path is not False:
+        path = Path(os.fspath(path))
+    _path = path
+    _memory.clear()
+
+
+def cache_path():
+    """The file the choices are recorded in (None when use_cache(False))."""
+    if _path is False:
+        return None
+    return _path if _path is not None else Path.home() / ".cache" / "gpubackprop" / "autotune.json"
+
+
+def machine():
+    """What a measurement depends on besides the shape: CPU, cores, libraries."""
+    import numba
+    import numpy
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        import scipy
+        scipy_version = scipy.__version__
+    except ImportError:
+        scipy_version = None
+    return {"cpu": cpu, "cores": cores, "system": platform.system(),
+            "python": platform.python_version(), "gpubackprop": __version__,
+            "numpy": numpy.__version__, "numba": numba.__version__, "scipy": scipy_version}
+
+
+def _machine_key(info):
+    return hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def problem(backend, hyper, dtype, options=None):
+    """The shape a choice is recorded for (a JSON-able dict)."""
+    return {"backend": backend.name, "device": backend.device.kind,
+            "options": repr(sorted((options or {}).items())),
+            "sizes": list(hyper.sizes), "activations": list(hyper.activations),
+            "loss": hyper.loss.name, "batch": hyper.batch_size, "dtype": str(dtype),
+            "momentum": hyper.momentum != 0, "weight_decay": hyper.weight_decay != 0}
+
+
+def choose(backend, hyper, dtype, run, options=None):
+    """The Choice for training `hyper`'s steps on `backend` (which has a fast
+    path for them).  run(fast_path, steps) runs that many steps of the fast
+    path (True) or the loop (False) on scratch state, for the measurement."""
+    elements = hyper.batch_size * sum(hyper.sizes[1:])
+    if backend.device.kind != "cpu":
+        return Choice(True, f"the fast path runs whenever it applies on {backend.device.kind} "
+                      "devices", {}, "rule")
+    if elements < MEASURE_ABOVE:
+        return Choice(True, f"a step of {elements} activations (under {MEASURE_ABOVE}) runs the "
+                      "fast path, far from the measured crossover", {}, "rule")
+    spec = problem(backend, hyper, dtype, options)
+    key = json.dumps(spec, sort_keys=True)
+    in_file = _in_file()
+    entry = in_file.get(key, _memory.get(key))
+    if entry is None:
+        entry = _measure(run)
+        where = _record(key, entry)
+        source = "measured"
+    else:
+        where = cache_path() if key in in_file else "this process"
+        source = "recorded"
+    choice = Choice(entry["fast_path"], _reason(entry, source, where), entry["seconds"], source)
+    log.info("autotune: %s batch %d %s: %s", spec["sizes"], spec["batch"], spec["dtype"],
+             choice.reason)
+    return choice
+
+
+def _reason(entry, source, where):
+    s = entry["seconds"]
+    where = {"measured": f"measured now, recorded in {where}",
+             "recorded": f"measured {entry['date']}, recorded in {where}"}[source]
+    winner, loser = ("fast path", "loop") if entry["fast_path"] else ("loop", "fast path")
+    return (f"the {winner} ({s[winner] * 1e3:.3g} ms/step) beat the {loser} "
+            f"({s[loser] * 1e3:.3g} ms/step), {where}")
+
+
+def _measure(run):
+    """Time both paths: one warm-up run each (compiles, fills caches), then
+    ROUNDS alternating timed runs of at least RUN_SECONDS (one if steps are long)."""
+    warm = {}
+    for fast in (True, False):
+        t0 = time.perf_counter()
+        run(fast, 1)
+        warm[fast] = time.perf_counter() - t0
+    steps = max(1, math.ceil(RUN_SECONDS / max(min(warm.values()), 1e-9)))
+    rounds = 1 if min(warm.values()) > LONG_STEP else ROUNDS
+    times = {True: [], False: []}
+    for _ in range(rounds):
+        for fast in (True, False):
+            t0 = time.perf_counter()
+            run(fast, steps)
+            times[fast].append((time.perf_counter() - t0) / steps)
+    seconds = {"fast path": sorted(times[True])[rounds // 2],
+               "loop": sorted(times[False])[rounds // 2]}
+    return {"fast_path": seconds["fast path"] <= seconds["loop"], "seconds": seconds,
+            "steps": steps, "rounds": rounds, "date": datetime.date.today().isoformat()}
+
+
+# -- the record ------------------------------------------------------------------------
+def _read():
+    """The whole file as a dict (empty if absent or unreadable)."""
+    path = cache_path()
+    if path is None:
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) and data.get("version") == FILE_VERSION else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _in_file():
+    """{problem key: entry} recorded in the file for this machine."""
+    entries = _read().get("machines", {}).get(_machine_key(machine()), {}).get("choices", {})
+    return {k: v for k, v in entries.items() if _valid(v)}
+
+
+def _valid(entry):
+    return isinstance(entry, dict) and isinstance(entry.get("fast_path"), bool) and \
+        isinstance(entry.get("seconds"), dict) and \
+        all(isinstance(entry["seconds"].get(k), (int, float)) for k in ("fast path", "loop"))
+
+
+def _record(key, entry):
+    """Add `entry` to this machine's choices in the file, or to this
+    process's if it cannot be written; returns where it went."""
+    from .io import write_atomically
+
+    path = cache_path()
+    if path is None:
+        _memory[key] = entry
+        return "this process"
+    info = machine()
+    data = _read() or {"version": FILE_VERSION, "machines": {}}
+    mine = data["machines"].setdefault(_machine_key(info), {"machine": info, "choices": {}})
+    mine["choices"][key] = entry
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(os.fspath(path), json.dumps(data, indent=1).encode(), "autotune record")
+    except OSError as exc:
+        log.debug("autotune: cannot record the choice in %s (%s); kept for this process",
+                  path, exc)
+        _memory[key] = entry
+        return "this process"
+    return path
+
+
+def choices():
+    """[(problem dict, entry)] recorded for this machine, for `gpubackprop info`."""
+    return [(json.loads(k), v) for k, v in sorted({**_in_file(), **_memory}.items())]
+
+
+def forget():
+    """Clear this machine's recorded choices (the file's and this process's)."""
+    from .io import write_atomically
+
+    _memory.clear()
+    data, path = _read(), cache_path()
+    if path is not None and data.get("machines", {}).pop(_machine_key(machine()), None):
+        write_atomically(os.fspath(path), json.dumps(data, indent=1).encode(), "autotune record")

@@ -1,0 +1,340 @@
+"""The compiled kernels of backend="numba" on the CPU (numba_cpu.py).
+
+GEMMs in compiled code are `np.dot(a, b, out)`, which Numba runs on SciPy's
+BLAS; no hand-written GEMMs (BLAS won at every size measured, RESULTS.md).
+The element-wise loops are written so LLVM vectorises them (2-D indexing with
+loop invariants in locals: row views cost an atomic reference count each)
+and inlined into the epoch.  They run on one core: a parallel pass (prange)
+was 2-3x slower between BLAS calls, whose spinning threads take the cores.
+
+Compilation: one signature per dtype, compiled on first use and cached on
+disk (cache=True; ~0.3 s to load).  Activations come from activations.TABLE
+through one generated dispatch function; the compiled epoch returns the
+fingerprint of the table it was built from, and a cache entry built from
+another table (activations.py edited) is recompiled.  A table changed at run
+time (activations.register) gets its own uncached kernels.
+
+Bits: a seed gives the same bits every run, compiled or loaded from the
+cache (tests/test_numba_cache.py), with the same BLAS thread count: wide
+layers use several BLAS threads, and another count (`threads=`) can change
+the last bit of a GEMM.
+"""
+import contextlib
+import math
+import threading
+
+import numba
+import numpy as np
+from numba import njit
+
+from .. import activations
+from ..losses import Loss
+
+_SOFTMAX, _IDENTITY = activations.CODES["softmax"], activations.CODES["identity"]
+_CROSS_ENTROPY = Loss.CODES["cross_entropy"]     # the other costs are squared errors
+NOTICE = "compiling the CPU kernels, first run only ..."
+#: rows per block of a column sum (see _column_sum)
+COLUMN_BLOCK = 1024
+
+# Set by use_table for the activation table in use: its scalar dispatchers
+# (code, x) -> sigma(x) / sigma'(a) and fingerprint.  The kernels that call
+# them read these globals when they compile.
+_sigma = _dsigma = None
+_TABLE_HASH = 0
+
+
+# -- the compiled epoch ------------------------------------------------------------
+@njit(inline="always")
+def _gather(X, order, start, out):
+    """out[i] = X[order[start + i]]: the batch's rows."""
+    for i in range(out.shape[0]):
+        r = order[start + i]                     # (loop invariants in locals: the
+        for k in range(out.shape[1]):            #  inner loops vectorise)
+            out[i, k] = X[r, k]
+
+
+@njit(inline="always")
+def _softmax_rows(z, a):
+    """a = e^(z - max) / sum e^(z - max), row by row (a may be z)."""
+    for i in range(z.shape[0]):
+        m = z[i, 0]
+        for j in range(z.shape[1]):
+            m = max(m, z[i, j])
+        total = 0.0
+        for j in range(z.shape[1]):
+            a[i, j] = math.exp(z[i, j] - m)
+            total += a[i, j]
+        for j in range(z.shape[1]):
+            a[i, j] /= total
+
+
+def _dense_forward(a_prev, W, b, code, a):
+    """a = sigma(a_prev @ W.T + b)."""
+    np.dot(a_prev, W.T, a)                       # z = a_prev @ W.T
+    _bias_sigma(a, b, code)
+
+
+def _bias_sigma(a, b, code):
+    """a = sigma(a + b), in place."""
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            a[i, j] += b[j]                      #     + b
+    if code == _SOFTMAX:
+        _softmax_rows(a, a)
+    else:
+        _sigma(code, a)
+
+
+def _times_dsigma(g, a, code):
+    """g *= sigma'(z), taken from a = sigma(z)."""
+    _dsigma(code, (g, a))
+
+
+def _sigma_loop(sigma):
+    """a = sigma(a) element by element, a loop per activation (the code is
+    looked up once per array, and the loop can vectorise)."""
+    @njit
+    def loop(a):
+        for i in range(a.shape[0]):
+            for j in range(a.shape[1]):
+                a[i, j] = sigma(a[i, j])
+        return a
+    return loop
+
+
+def _dsigma_loop(dsigma):
+    """g *= dsigma(a) element by element, for x = (g, a)."""
+    @njit
+    def loop(x):
+        g, a = x
+        for i in range(g.shape[0]):
+            for j in range(g.shape[1]):
+                g[i, j] = g[i, j] * dsigma(a[i, j])
+        return x
+    return loop
+
+
+def _output_delta(a, y, loss_code, code, delta):
+    """delta_L: p - y for cross entropy (p = a, or softmax(a) for identity
+    logits); else g = 2 (a - y) times sigma'(z_L) (softmax: a * (g - sum g a))."""
+    if loss_code == _CROSS_ENTROPY:
+        if code != _SOFTMAX:
+            _softmax_rows(a, delta)
+        for i in range(a.shape[0]):
+            for j in range(a.shape[1]):
+                delta[i, j] = (a[i, j] if code == _SOFTMAX else delta[i, j]) - y[i, j]
+        return
+    for i in range(a.shape[0]):
+        ga = 0.0
+        for j in range(a.shape[1]):
+            delta[i, j] = 2.0 * (a[i, j] - y[i, j])
+            ga += delta[i, j] * a[i, j]
+        if code == _SOFTMAX:
+            for j in range(a.shape[1]):
+                delta[i, j] = a[i, j] * (delta[i, j] - ga)
+    if code != _SOFTMAX and code != _IDENTITY:   # identity: sigma' = 1
+        _times_dsigma(delta, a, code)
+
+
+@njit(inline="always")
+def _cost(a, y, loss_code, code, tiny):
+    """(sum over the rows of C0, rows with argmax a == argmax y), as losses.Loss."""
+    total, correct = 0.0, 0
+    for i in range(a.shape[0]):
+        ia = iy = 0                              # argmax, first maximum wins
+        for j in range(a.shape[1]):
+            ia = j if a[i, j] > a[i, ia] else ia
+            iy = j if y[i, j] > y[i, iy] else iy
+        correct += ia == iy
+        if loss_code != _CROSS_ENTROPY:
+            for j in range(a.shape[1]):
+                total += (a[i, j] - y[i, j]) ** 2
+        elif code == _SOFTMAX:
+            for j in range(a.shape[1]):
+                total -= y[i, j] * math.log(max(a[i, j], tiny))
+        else:                                    # identity logits: stable log softmax
+            m, lse = a[i, ia], 0.0
+            for j in range(a.shape[1]):
+                lse += math.exp(a[i, j] - m)
+            for j in range(a.shape[1]):
+                total -= y[i, j] * (a[i, j] - m - math.log(lse))
+    return total, correct
+
+
+@njit(inline="always")
+def _column_sum(delta, db):
+    """db[j] = sum_i delta[i, j]: rows in order within blocks of COLUMN_BLOCK
+    rows, then the blocks' sums in order.  Row order reads delta once; the
+    blocks keep a float32 sum's error growing with the block, not the batch."""
+    B, n = delta.shape
+    for j in range(n):
+        db[j] = delta[0, j] if B else 0
+    for i in range(1, min(B, COLUMN_BLOCK)):
+        for j in range(n):
+            db[j] += delta[i, j]
+    part = np.empty(n if B > COLUMN_BLOCK else 0, delta.dtype)
+    for start in range(COLUMN_BLOCK, B, COLUMN_BLOCK):
+        for j in range(n):
+            part[j] = delta[start, j]
+        for i in range(start + 1, min(B, start + COLUMN_BLOCK)):
+            for j in range(n):
+                part[j] += delta[i, j]
+        for j in range(n):
+            db[j] += part[j]
+
+
+@njit(inline="always")
+def _sgd_update(W, b, vW, vb, delta, a_prev, dW, db, scale, lr, mu, wd, momentum):
+    """optim.SGD.step with (dW, db) = scale (delta.T @ a_prev, delta.sum(0)),
+    on W, b and their velocities vW, vb (not used without momentum):
+    g = grad + wd p;  v = mu v + g;  p = p - lr v   (p = p - lr g without momentum).
+    wd p is added even for wd = 0: g + 0 is g, the same arithmetic as SGD.step."""
+    np.dot(delta.T, a_prev, dW)                  # sum over the batch of outer products
+    _column_sum(delta, db)
+    for j in range(W.shape[0]):
+        if momentum:
+            for k in range(W.shape[1]):
+                vW[j, k] = mu * vW[j, k] + (dW[j, k] * scale + wd * W[j, k])
+                W[j, k] = W[j, k] - lr * vW[j, k]
+        else:
+            for k in range(W.shape[1]):
+                W[j, k] = W[j, k] - lr * (dW[j, k] * scale + wd * W[j, k])
+        gb = db[j] * scale + wd * b[j]
+        if momentum:
+            vb[j] = mu * vb[j] + gb
+            gb = vb[j]
+        b[j] = b[j] - lr * gb
+
+
+def _epoch(params, velocities, a, delta, dW, db, y, codes, X, Y, order, lr, mu, wd, loss_code,
+           scale, tiny, step_costs):
+    """The SGD steps over the batches order[0:B], order[B:2B], ... with B =
+    len(y) rows each (len(order) is a multiple of B; `scale` is for B rows).
+    params = [W_1, b_1 (1, n_1), W_2, ...] and velocities (the same, or
+    empty) are updated in place; a (a_0..a_L), delta, dW, db (1, n) and y are
+    the buffers.  step_costs[s] = step s's sum of C0; stops before the update of
+    the first step whose cost is not finite.  Returns (n_correct, bad_step,
+    _TABLE_HASH)."""
+    L, B = len(codes), y.shape[0]
+    momentum = len(velocities) > 0
+    n_correct, bad_step = 0, -1
+    for s in range(step_costs.shape[0]):
+        _gather(X, order, s * B, a[0])
+        _gather(Y, order, s * B, y)
+        for l in range(L):                           # forward
+            _dense_forward(a[l], params[2 * l], params[2 * l + 1][0], codes[l], a[l + 1])
+        cost, correct = _cost(a[L], y, loss_code, codes[L - 1], tiny)
+        step_costs[s] = cost
+        if not math.isfinite(cost):
+            bad_step = s
+            break
+        n_correct += correct
+        _output_delta(a[L], y, loss_code, codes[L - 1], delta[L - 1])
+        for l in range(L - 1, -1, -1):               # backward, layer by layer:
+            W, b = params[2 * l], params[2 * l + 1][0]
+            if l > 0:                                # delta through the old W_l, then
+                np.dot(delta[l], W, delta[l - 1])    # W_l's gradient and update
+                _times_dsigma(delta[l - 1], a[l], codes[l - 1])
+            vW, vb = (velocities[2 * l], velocities[2 * l + 1][0]) if momentum else (W, b)
+            _sgd_update(W, b, vW, vb, delta[l], a[l], dW[l], db[l][0], scale, lr, mu, wd,
+                        momentum)
+    return n_correct, bad_step, _TABLE_HASH
+
+
+# -- the passes between the trainer loop's GEMMs (NumPy's matmul: its BLAS is faster
+#    than the one compiled code reaches at some shapes, bench/RESULTS.md) --------------
+def _bias_sigma_op(z, b, code):
+    """z = sigma(z + b) in place, b (1, n)."""
+    _bias_sigma(z, b[0], code)
+    return _TABLE_HASH
+
+
+def _output_delta_op(a, y, loss_code, code, delta):
+    """delta_L, as _output_delta."""
+    _output_delta(a, y, loss_code, code, delta)
+    return _TABLE_HASH
+
+
+def _times_dsigma_op(g, a, code):
+    """g *= sigma'(z), from a = sigma(z)."""
+    if code != _IDENTITY:
+        _times_dsigma(g, a, code)
+    return _TABLE_HASH
+
+
+def _gradient_scale_op(delta, scale, dW, db):
+    """dW *= scale; db = scale * delta.sum(0), db (1, n)."""
+    for j in range(dW.shape[0]):
+        for k in range(dW.shape[1]):
+            dW[j, k] *= scale
+    _column_sum(delta, db[0])
+    for j in range(db.shape[1]):
+        db[0, j] *= scale
+    return _TABLE_HASH
+
+
+# -- one set of kernels per activation table ------------------------------------------
+_ENTRY_POINTS = (_epoch, _bias_sigma_op, _output_delta_op, _times_dsigma_op, _gradient_scale_op)
+_TABLE_KERNELS = {f.__name__: f for f in (_dense_forward, _bias_sigma, _times_dsigma,
+                                           _output_delta, *_ENTRY_POINTS)}
+_KERNEL_SETS = {}            # table key -> the globals of its kernels
+_table_key = None
+_checked = set()             # (table key, X and Y types): compiled epochs checked here
+
+
+def use_table():
+    """Point the table-dependent kernels at activations.TABLE as it is now.
+    The table the module was imported with is cached on disk; one registered
+    later (a test, an experiment) compiles in-process, uncached."""
+    global _table_key
+    key = tuple((n, r.code, r.sigma, r.dsigma) for n, r in activations.TABLE.items())
+    if key == _table_key:
+        return
+    if key not in _KERNEL_SETS:
+        kernels = {"_sigma": activations.dispatcher(
+                       "sigma", njit, lambda f: _sigma_loop(njit(f))),
+                   "_dsigma": activations.dispatcher(
+                       "dsigma", njit, lambda f: _dsigma_loop(njit(f))),
+                   "_TABLE_HASH": activations.fingerprint()}
+        for name, fn in _TABLE_KERNELS.items():     # helpers inlined into the epoch
+            options = {"cache": not _KERNEL_SETS} if fn in _ENTRY_POINTS \
+                else {"inline": "always"}
+            kernels[name] = njit(**options)(fn)
+        _KERNEL_SETS[key] = kernels
+    globals().update(_KERNEL_SETS[key])
+    _table_key = key
+
+
+use_table()
+
+
+@contextlib.contextmanager
+def _notice_if_slow(seconds=0.5):
+    """Print NOTICE to stderr if the block takes longer than `seconds` (a
+    compile; loading from the cache takes less)."""
+    from ..progress import notice     # above a progress bar, and shown in it
+
+    timer = threading.Timer(seconds, lambda: notice(NOTICE))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def ready(name, empty, key):
+    """The compiled entry point `name` (the epoch or an op), compiled or loaded
+    from the cache by a call on `empty` (arguments of the real call's types
+    whose work changes nothing that matters: zero steps, scratch arrays), once
+    per `key`, and recompiled if the cached code was built from another
+    activation table."""
+    kernel = globals()[name]
+    key = (_table_key, name, key)
+    if key not in _checked:
+        with _notice_if_slow():      # compiles, or loads from the cache
+            out = kernel(*empty)
+            if (out[-1] if isinstance(out, tuple) else out) != _TABLE_HASH:
+                kernel.recompile()
+        _checked.add(key)
+    return kernel

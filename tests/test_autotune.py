@@ -1,0 +1,161 @@
+"""autotune.py: auto's choice between the compiled epoch and the loop is
+measured once per shape and machine, recorded, reused and explained.
+
+No test here asserts which path is faster (that is a benchmark's job,
+bench/RESULTS.md); they check that the measurement runs, what it records,
+that it is reused, and that it changes nothing in the training.
+"""
+import json
+import logging
+
+import numpy as np
+import pytest
+
+import gpubackprop as gb
+from gpubackprop import autotune, cli
+
+SIZES = [24, 70, 10]          # batch 1024 x 80 activations: above MEASURE_ABOVE
+
+
+@pytest.fixture
+def record(tmp_path):
+    """A fresh record file for the test (and the session's one back after)."""
+    previous = autotune.cache_path()
+    path = tmp_path / "autotune.json"
+    autotune.use_cache(path)
+    yield path
+    autotune.use_cache(previous)
+
+
+def data(n=2048, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, SIZES[0])).astype(np.float32), rng.integers(0, SIZES[-1], n)
+
+
+def trainer(fast_path="auto", backend="numba", sizes=SIZES, batch=1024, momentum=0.5):
+    net = gb.MLP.from_sizes(sizes, activation="relu", output_activation="identity",
+                            dtype="float32", seed=1, backend=backend)
+    return gb.Trainer(net, loss="cross_entropy", batch_size=batch, seed=2, fast_path=fast_path,
+                      optimizer=gb.SGD(lr=0.1, momentum=momentum))
+
+
+def test_measured_once_recorded_and_reused(record, monkeypatch, caplog):
+    assert 1024 * sum(SIZES[1:]) >= autotune.MEASURE_ABOVE
+    X, y = data()
+    first = trainer()
+    with caplog.at_level(logging.INFO, logger="gpubackprop"):
+        first.fit(X, y, epochs=1)
+    choice = first.path_choice
+    assert choice.source == "measured"
+    assert set(choice.seconds) == {"fast path", "loop"} and min(choice.seconds.values()) > 0
+    assert choice.fast_path == (choice.seconds["fast path"] <= choice.seconds["loop"])
+    assert "ms/step" in choice.reason and "autotune" in caplog.text
+
+    saved = json.loads(record.read_text())
+    (mine,) = saved["machines"].values()
+    assert mine["machine"] == autotune.machine()
+    ((key, entry),) = mine["choices"].items()
+    assert json.loads(key)["sizes"] == SIZES and entry["fast_path"] == choice.fast_path
+
+    def no_measuring(run):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(autotune, "_measure", no_measuring)
+    again = trainer()                    # this process: reused
+    again.fit(X, y, epochs=1)
+    assert again.path_choice.source == "recorded"
+    assert again.path_choice.fast_path == choice.fast_path
+    autotune.use_cache(record)           # as a new process would: read from the file
+    third = trainer()
+    third.fit(X, y, epochs=1)
+    assert third.path_choice.source == "recorded" and record.name in third.path_choice.reason
+
+
+def test_measuring_changes_nothing_in_the_training(record):
+    """The timed steps run on scratch copies: a measured fit has the bits of
+    a fit told the same path."""
+    X, y = data()
+    measured = trainer()
+    h = measured.fit(X, y, epochs=2)
+    assert measured.path_choice.source == "measured"
+    told = trainer(fast_path=measured.path_choice.fast_path)
+    h_told = told.fit(X, y, epochs=2)
+    assert told.path_choice.source == "argument"
+    for (W, b), (W0, b0) in zip(measured.net.params, told.net.params):
+        assert np.array_equal(W, W0) and np.array_equal(b, b0)
+    for v, v0 in zip(measured.state.arrays().values(), told.state.arrays().values()):
+        assert np.array_equal(v, v0)
+    assert h.loss == h_told.loss and h.accuracy == h_told.accuracy
+
+
+def test_another_machine_or_library_version_measures_again(record, monkeypatch):
+    X, y = data()
+    trainer().fit(X, y, epochs=1)
+    other = dict(autotune.machine(), numpy="0.0-other")
+    monkeypatch.setattr(autotune, "machine", lambda: other)
+    autotune.use_cache(record)
+    t = trainer()
+    t.fit(X, y, epochs=1)
+    assert t.path_choice.source == "measured"
+    assert len(json.loads(record.read_text())["machines"]) == 2
+
+
+def test_arguments_and_rules_skip_the_measurement(record, monkeypatch):
+    monkeypatch.setattr(autotune, "_measure", lambda run: pytest.fail("measured"))
+    X, y = data()
+    for fast_path in (True, False):
+        t = trainer(fast_path=fast_path)
+        t.fit(X, y, epochs=1)
+        assert t.path_choice == (fast_path, f"fast_path={fast_path} was asked for", {},
+                                 "argument")
+    small = trainer(sizes=[24, 8, 10], batch=32)          # far under MEASURE_ABOVE
+    small.fit(X, y, epochs=1)
+    assert small.path_choice.fast_path and small.path_choice.source == "rule"
+    numpy = trainer(backend="numpy")                      # no fast path to choose
+    numpy.fit(X, y, epochs=1)
+    assert not numpy.path_choice.fast_path and "no fast path" in numpy.path_choice.reason
+    assert not record.exists()
+
+
+def test_bad_fast_path_arguments():
+    with pytest.raises(ValueError, match="fast_path must be 'auto', True or False; got 'yes'"):
+        trainer(fast_path="yes")
+    with pytest.raises(ValueError, match="fast_path must be"):
+        trainer(fast_path=1)
+    X, y = data(64)
+    t = trainer(fast_path=True, backend="numpy", batch=16)
+    with pytest.raises(ValueError, match="fast_path=True, but backend 'numpy' has no fast path"):
+        t.fit(X, y, epochs=1)
+
+
+def test_a_broken_or_unwritable_record_is_measured_over(record, tmp_path):
+    X, y = data()
+    record.write_text("{not json")
+    t = trainer()
+    t.fit(X, y, epochs=1)
+    assert t.path_choice.source == "measured"
+    assert json.loads(record.read_text())["version"] == autotune.FILE_VERSION
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    autotune.use_cache(blocker / "autotune.json")       # its folder cannot be made
+    t = trainer()
+    t.fit(X, y, epochs=1)                               # no error: kept in this process
+    assert t.path_choice.source == "measured"
+    t = trainer()
+    t.fit(X, y, epochs=1)
+    assert t.path_choice.source == "recorded" and "this process" in t.path_choice.reason
+
+
+def test_info_prints_the_recorded_choices_and_forget_clears_them(record, capsys):
+    X, y = data()
+    t = trainer()
+    t.fit(X, y, epochs=1)
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"1 recorded in {record}" in out
+    path = "fast path" if t.path_choice.fast_path else "loop"
+    assert f"numba {SIZES} relu/identity cross_entropy, batch 1024, float32: {path} (" in out
+    autotune.forget()
+    assert autotune.choices() == []
+    cli.main(["info"])
+    assert "0 recorded" in capsys.readouterr().out
