@@ -75,14 +75,14 @@ def _dense_forward(a_prev, W, b, code, a):
 
 
 def _bias_sigma(a, b, code):
-    """a = sigma(a + b), in place."""
-    for i in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            a[i, j] += b[j]                      #     + b
+    """a = sigma(a + b), in place, one sweep (softmax: + b, then row by row)."""
     if code == _SOFTMAX:
+        for i in range(a.shape[0]):
+            for j in range(a.shape[1]):
+                a[i, j] += b[j]
         _softmax_rows(a, a)
     else:
-        _sigma(code, a)
+        _sigma(code, (a, b))
 
 
 def _times_dsigma(g, a, code):
@@ -91,14 +91,15 @@ def _times_dsigma(g, a, code):
 
 
 def _sigma_loop(sigma):
-    """a = sigma(a) element by element, a loop per activation (the code is
-    looked up once per array, and the loop can vectorise)."""
+    """a = sigma(a + b) element by element for x = (a, b), a loop per
+    activation (the code is looked up once per array: the loop can vectorise)."""
     @njit
-    def loop(a):
+    def loop(x):
+        a, b = x
         for i in range(a.shape[0]):
             for j in range(a.shape[1]):
-                a[i, j] = sigma(a[i, j])
-        return a
+                a[i, j] = sigma(a[i, j] + b[j])
+        return x
     return loop
 
 
