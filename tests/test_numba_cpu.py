@@ -12,6 +12,7 @@ import gpubackprop as gb
 from gpubackprop import activations, losses
 from gpubackprop.backends.base import Backend, Hyper
 from gpubackprop.backends import numba_cpu_kernels as kernels
+from gpubackprop.backends import numba_cpu
 from gpubackprop.backends.numba_cpu import NumbaCPUBackend
 from gpubackprop.optim import SGD
 
@@ -186,10 +187,12 @@ def test_fuses_says_where_the_epoch_can_run_not_where_it_wins():
 @pytest.mark.parametrize("hidden", H)
 @pytest.mark.parametrize("loss,out", [("sse", "sigmoid"), ("cross_entropy", "identity"),
                                       ("cross_entropy", "softmax"), ("mse", "tanh")])
-def test_the_loops_ops_match_the_numpy_reference(dtype, hidden, loss, out):
+def test_the_loops_ops_match_the_numpy_reference(dtype, hidden, loss, out, monkeypatch):
     """The four ops as the trainer's loop calls them (into the workspace's
-    buffers: the compiled passes between NumPy's GEMMs) against the float64
-    NumPy formulas; 2,100 rows, so the column sums add three blocks."""
+    buffers: the compiled passes between NumPy's GEMMs, here at every size)
+    against the float64 NumPy formulas; 2,100 rows, so the column sums add
+    three blocks."""
+    monkeypatch.setattr(numba_cpu, "COMPILED_OPS_MIN", 0)
     sizes, B = [6, 9, 7, 4], 2 * kernels.COLUMN_BLOCK + 52
     params, X, Y, _ = problem(sizes, B, len(hidden) + len(out), dtype)
     acts, loss = (hidden, hidden, out), losses.get(loss)
@@ -213,9 +216,12 @@ def test_the_loops_ops_match_the_numpy_reference(dtype, hidden, loss, out):
     assert all(g is b for g, b in zip(a[1:], a_out))        # written where it was asked
 
 
-def test_the_ops_give_the_same_bits_with_or_without_buffers():
+@pytest.mark.parametrize("compiled_from", [0, 2 ** 30])
+def test_the_ops_give_the_same_bits_with_or_without_buffers(compiled_from, monkeypatch):
     """net.forward, gradcheck and a reference written with the ops (no
-    buffers) get the bits of the trainer's loop (into its buffers)."""
+    buffers) get the bits of the trainer's loop (into its buffers), with the
+    compiled passes and with NumPy's (arrays under COMPILED_OPS_MIN)."""
+    monkeypatch.setattr(numba_cpu, "COMPILED_OPS_MIN", compiled_from)
     params, X, Y, _ = problem([5, 7, 3], 11, 4, np.float32)
     be, acts, loss = NumbaCPUBackend(CPU), ("tanh", "softmax"), losses.get("cross_entropy")
     a = be.feedforward(params, acts, X)
@@ -230,6 +236,9 @@ def test_the_ops_give_the_same_bits_with_or_without_buffers():
           for dl, ap, (dW, db) in zip(d2, a2, ws.grads)]
     for u, v in zip(a + d + [t for pair in g for t in pair], a2 + d2 + [t for p in g2 for t in p]):
         assert u.dtype == np.float32 and np.array_equal(u, v)
+    if compiled_from:                # small arrays: the base class's NumPy ops, bit for bit
+        a_ref = Backend(CPU).feedforward(params, acts, X)
+        assert all(np.array_equal(u, v) for u, v in zip(a, a_ref))
 
 
 def test_an_epoch_over_column_blocks_matches_the_loop():

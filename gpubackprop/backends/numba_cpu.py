@@ -32,14 +32,21 @@ from . import numba_cpu_kernels as kernels
 from .base import Backend
 
 NOTICE = kernels.NOTICE
+#: the ops run their compiled passes on arrays of at least this many elements;
+#: smaller ones (net.forward on a few rows, small steps of the loop) take
+#: NumPy's, which need no compiling and cost microseconds there
+COMPILED_OPS_MIN = 2 ** 16
 
 
 def _compilable(*arrays, gemm=()):
-    """True if the compiled ops take these arrays: NumPy, 2-D, one float dtype,
-    C-contiguous and writable but for the GEMM's operands `gemm` (NumPy's
-    matmul takes any); anything else runs the NumPy ops."""
+    """True if the compiled ops take these arrays: the first has at least
+    COMPILED_OPS_MIN elements; all NumPy, 2-D, one float dtype, C-contiguous and
+    writable but for the GEMM's operands `gemm` (NumPy's matmul takes any).
+    Anything else runs the NumPy ops: the choice depends on shapes alone, so a
+    caller with or without output buffers gets the same bits."""
     every = (*gemm, *arrays)
-    return all(isinstance(a, np.ndarray) and a.ndim == 2 and a.dtype == every[0].dtype
+    return arrays[0] is not None and arrays[0].size >= COMPILED_OPS_MIN and \
+        all(isinstance(a, np.ndarray) and a.ndim == 2 and a.dtype == every[0].dtype
                for a in every) and every[0].dtype in (np.float32, np.float64) and \
         all(a.flags.c_contiguous and a.flags.writeable for a in arrays)
 
@@ -97,7 +104,7 @@ class NumbaCPUBackend(Backend):
     def dense_forward(self, a_prev, W, b, activation, out=None):
         b = b.reshape(1, -1)
         out = _buffer(out, (a_prev.shape[0], W.shape[0]), a_prev)
-        if not _compilable(b, out, gemm=(a_prev, W)):
+        if not _compilable(out, b, gemm=(a_prev, W)):
             return super().dense_forward(a_prev, W, b[0], activation, out)
         np.matmul(a_prev, W.T, out=out)                          # z = a_prev @ W.T
         _run("_bias_sigma_op", out, b, _code(activation))       # a = sigma(z + b)
@@ -105,14 +112,14 @@ class NumbaCPUBackend(Backend):
 
     def output_delta(self, a, y, loss, activation, out=None):
         out = _buffer(out, a.shape, a)
-        if not _compilable(a, y, out) or loss.name not in ("sse", "mse", "cross_entropy"):
+        if not _compilable(out, a, y) or loss.name not in ("sse", "mse", "cross_entropy"):
             return super().output_delta(a, y, loss, activation, out)
         _run("_output_delta_op", a, y, loss.code, _code(activation), out)
         return out
 
     def delta_propagate(self, delta, W, a_prev, activation, out=None):
         out = _buffer(out, (delta.shape[0], W.shape[1]), delta)
-        if not _compilable(a_prev, out, gemm=(delta, W)):
+        if not _compilable(out, a_prev, gemm=(delta, W)):
             return super().delta_propagate(delta, W, a_prev, activation, out)
         np.matmul(delta, W, out=out)                               # delta @ W
         _run("_times_dsigma_op", out, a_prev, _code(activation))  # * sigma'(z_prev)
