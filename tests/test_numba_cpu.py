@@ -250,3 +250,17 @@ def test_an_epoch_over_column_blocks_matches_the_loop():
     p, costs, _, _ = fused(params, X, Y, order, hyper)
     ref, ref_costs, _ = reference(params, X, Y, order, hyper)
     assert params_err(p, ref) <= 1e-5 and rel_err(costs, ref_costs) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("B, K, N", [(1, 1, 1), (1, 784, 30), (10, 784, 30), (7, 33, 5),
+                                     (2, 3, 1), (3, 1, 2), (11, 64, 9)])
+def test_the_small_step_gemm_matches_numpy(dtype, B, K, N):
+    """_matmul_nt (the compiled epoch's forward GEMM below SMALL_GEMM
+    multiply-adds) against NumPy in float64, odd shapes, every row and column."""
+    rng = np.random.default_rng(B * K * N)
+    x, W = rng.normal(size=(B, K)).astype(dtype), rng.normal(size=(N, K)).astype(dtype)
+    z = np.full((B, N), np.nan, dtype)
+    kernels._matmul_nt(x, W, z)
+    assert B * K * N < kernels.SMALL_GEMM
+    assert rel_err(z, x.astype(np.float64) @ W.T.astype(np.float64)) <= TOL[dtype]
