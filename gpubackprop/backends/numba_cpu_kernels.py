@@ -1,7 +1,9 @@
 """The compiled kernels of backend="numba" on the CPU (numba_cpu.py).
 
 GEMMs in compiled code are `np.dot(a, b, out)`, which Numba runs on SciPy's
-BLAS; no hand-written GEMMs (BLAS won at every size measured, RESULTS.md).
+BLAS, except a small step's forward GEMM (`_matmul_nt`, under SMALL_GEMM
+multiply-adds), where BLAS's per-call set-up dominates; hand-written weight
+gradients lost to BLAS at every size measured (RESULTS.md).
 The element-wise loops are written so LLVM vectorises them (2-D indexing with
 loop invariants in locals: row views cost an atomic reference count each)
 and inlined into the epoch.  They run on one core: a parallel pass (prange)
