@@ -40,9 +40,11 @@ log = logging.getLogger("gpubackprop")
 #: the fast path without a measurement
 MEASURE_ABOVE = 2 ** 16
 #: a timed run lasts at least this long (several steps when steps are short)
-RUN_SECONDS = 0.02
-#: timed runs per path when a step is short (one when a step takes > LONG_STEP s)
-ROUNDS, LONG_STEP = 3, 0.25
+RUN_SECONDS = 0.03
+#: timed runs per path, alternating: at most ROUNDS, fewer where they would
+#: take more than BUDGET seconds per path (one at the least); each path's
+#: fastest run counts (noise only adds time)
+ROUNDS, BUDGET = 5, 1.0
 FILE_VERSION = 1
 
 _path = None           # use_cache's choice: None = the default file, False = none
@@ -152,22 +154,21 @@ def _reason(entry, source, where):
 
 def _measure(run):
     """Time both paths: one warm-up run each (compiles, fills caches), then
-    ROUNDS alternating timed runs of at least RUN_SECONDS (one if steps are long)."""
+    ROUNDS alternating timed runs of at least RUN_SECONDS; the fastest counts."""
     warm = {}
     for fast in (True, False):
         t0 = time.perf_counter()
         run(fast, 1)
         warm[fast] = time.perf_counter() - t0
     steps = max(1, math.ceil(RUN_SECONDS / max(min(warm.values()), 1e-9)))
-    rounds = 1 if min(warm.values()) > LONG_STEP else ROUNDS
+    rounds = int(min(ROUNDS, max(1, BUDGET // (steps * min(warm.values())))))
     times = {True: [], False: []}
     for _ in range(rounds):
         for fast in (True, False):
             t0 = time.perf_counter()
             run(fast, steps)
             times[fast].append((time.perf_counter() - t0) / steps)
-    seconds = {"fast path": sorted(times[True])[rounds // 2],
-               "loop": sorted(times[False])[rounds // 2]}
+    seconds = {"fast path": min(times[True]), "loop": min(times[False])}
     return {"fast_path": seconds["fast path"] <= seconds["loop"], "seconds": seconds,
             "steps": steps, "rounds": rounds, "date": datetime.date.today().isoformat()}
 

@@ -45,10 +45,11 @@ def _compilable(*arrays, gemm=()):
     Anything else runs the NumPy ops: the choice depends on shapes alone, so a
     caller with or without output buffers gets the same bits."""
     every = (*gemm, *arrays)
-    return arrays[0] is not None and arrays[0].size >= COMPILED_OPS_MIN and \
-        all(isinstance(a, np.ndarray) and a.ndim == 2 and a.dtype == every[0].dtype
-               for a in every) and every[0].dtype in (np.float32, np.float64) and \
-        all(a.flags.c_contiguous and a.flags.writeable for a in arrays)
+    if not all(isinstance(a, np.ndarray) and a.ndim == 2 for a in every):
+        return False
+    return arrays[0].size >= COMPILED_OPS_MIN and every[0].dtype in (np.float32, np.float64) \
+        and all(a.dtype == every[0].dtype for a in every) \
+        and all(a.flags.c_contiguous and a.flags.writeable for a in arrays)
 
 
 def _buffer(out, shape, like):
@@ -128,7 +129,7 @@ class NumbaCPUBackend(Backend):
     def weight_gradient(self, delta, a_prev, scale, dW=None, db=None):
         dW = _buffer(dW, (delta.shape[1], a_prev.shape[1]), delta)
         db = _buffer(db, (delta.shape[1],), delta)
-        if not _compilable(delta, dW, db.reshape(1, -1), gemm=(a_prev,)):
+        if db is None or not _compilable(delta, dW, db.reshape(1, -1), gemm=(a_prev,)):
             return super().weight_gradient(delta, a_prev, scale, dW, db)
         np.matmul(delta.T, a_prev, out=dW)          # sum over the batch of outer products
         _run("_gradient_scale_op", delta, delta.dtype.type(scale), dW, db.reshape(1, -1))
