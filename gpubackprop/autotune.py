@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import platform
-import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -118,7 +117,8 @@ def problem(backend, hyper, dtype, options=None):
 def choose(backend, hyper, dtype, run, options=None):
     """The Choice for training `hyper`'s steps on `backend` (which has a fast
     path for them).  run(fast_path, steps) runs that many steps of the fast
-    path (True) or the loop (False) on scratch state, for the measurement."""
+    path (True) or the loop (False) on scratch state and returns the seconds
+    the steps took, for the measurement."""
     elements = hyper.batch_size * sum(hyper.sizes[1:])
     if backend.device.kind != "cpu":
         return Choice(True, f"the fast path runs whenever it applies on {backend.device.kind} "
@@ -153,21 +153,18 @@ def _reason(entry, source, where):
 
 
 def _measure(run):
-    """Time both paths: one warm-up run each (compiles, fills caches), then
-    ROUNDS alternating timed runs of at least RUN_SECONDS; the fastest counts."""
-    warm = {}
+    """Time both paths: a warm-up step each (compiles, fills caches) and a
+    probe step (how long a step takes), then ROUNDS alternating timed runs of
+    at least RUN_SECONDS; each path's fastest run counts."""
     for fast in (True, False):
-        t0 = time.perf_counter()
         run(fast, 1)
-        warm[fast] = time.perf_counter() - t0
-    steps = max(1, math.ceil(RUN_SECONDS / max(min(warm.values()), 1e-9)))
-    rounds = int(min(ROUNDS, max(1, BUDGET // (steps * min(warm.values())))))
+    step = min(run(fast, 1) for fast in (True, False))
+    steps = max(1, math.ceil(RUN_SECONDS / max(step, 1e-9)))
+    rounds = int(min(ROUNDS, max(1, BUDGET // (steps * step))))
     times = {True: [], False: []}
     for _ in range(rounds):
         for fast in (True, False):
-            t0 = time.perf_counter()
-            run(fast, steps)
-            times[fast].append((time.perf_counter() - t0) / steps)
+            times[fast].append(run(fast, steps) / steps)
     seconds = {"fast path": min(times[True]), "loop": min(times[False])}
     return {"fast_path": seconds["fast path"] <= seconds["loop"], "seconds": seconds,
             "steps": steps, "rounds": rounds, "date": datetime.date.today().isoformat()}

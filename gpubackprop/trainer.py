@@ -333,7 +333,9 @@ class Trainer:
             order = xp.arange(steps * self.batch_size) % X.shape[0]
             try:
                 with np.errstate(all="ignore"):
+                    t0 = time.perf_counter()
                     self._steps(X, Y, order, fast_path)
+                    return time.perf_counter() - t0
             finally:
                 self._restore(snapshot)
 
