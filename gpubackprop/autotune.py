@@ -72,10 +72,16 @@ def use_cache(path=None):
 
 
 def cache_path():
-    """The file the choices are recorded in (None when use_cache(False))."""
+    """The file the choices are recorded in (None when use_cache(False), or
+    when there is no home folder to put the default one in)."""
     if _path is False:
         return None
-    return _path if _path is not None else Path.home() / ".cache" / "gpubackprop" / "autotune.json"
+    if _path is not None:
+        return _path
+    try:
+        return Path.home() / ".cache" / "gpubackprop" / "autotune.json"
+    except (RuntimeError, KeyError):       # no HOME and no passwd entry
+        return None
 
 
 def machine():

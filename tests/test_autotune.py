@@ -159,3 +159,23 @@ def test_info_prints_the_recorded_choices_and_forget_clears_them(record, capsys)
     assert autotune.choices() == []
     cli.main(["info"])
     assert "0 recorded" in capsys.readouterr().out
+
+
+def test_no_home_folder_keeps_the_choices_in_this_process(monkeypatch):
+    previous = autotune.cache_path()
+    autotune.use_cache(None)                      # the default file: under the home folder
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(autotune.Path, "home", staticmethod(no_home))
+    try:
+        assert autotune.cache_path() is None
+        X, y = data()
+        t = trainer()
+        t.fit(X, y, epochs=1)
+        assert t.path_choice.source == "measured" and "this process" in t.path_choice.reason
+        assert len(autotune.choices()) == 1
+    finally:
+        monkeypatch.undo()
+        autotune.use_cache(previous)
