@@ -327,10 +327,11 @@ class Trainer:
         if self.fast_path != "auto":
             return autotune.Choice(self.fast_path, f"fast_path={self.fast_path} was asked for",
                                    {}, "argument")
-        snapshot, xp = self._snapshot(), backend.xp
+        xp = backend.xp
 
         def run(fast_path, steps):     # on the first rows, then back to the snapshot
             order = xp.arange(steps * self.batch_size) % X.shape[0]
+            snapshot = self._snapshot()   # only when autotune measures
             try:
                 with np.errstate(all="ignore"):
                     t0 = time.perf_counter()

@@ -67,9 +67,9 @@ def _run(name, *args):
     """Call the compiled op `name` on args (compiled or loaded first, on
     one-row scratch arrays of the same types)."""
     kernels.use_table()
-    scratch = [np.zeros((1,) + a.shape[1:], a.dtype) if isinstance(a, np.ndarray) else a
-               for a in args]
-    kernels.ready(name, scratch, args[0].dtype)(*args)
+    kernels.ready(name, args[0].dtype, lambda: [
+        np.zeros((1,) + a.shape[1:], a.dtype) if isinstance(a, np.ndarray) else a
+        for a in args])(*args)
 
 
 class NumbaCPUBackend(Backend):
@@ -168,8 +168,8 @@ class NumbaCPUBackend(Backend):
                         t(hyper.weight_decay), hyper.loss.code,
                         t(hyper.scale(rows, sizes[-1])), t(np.finfo(dtype).tiny),
                         step_costs[first // bs:-(-stop // bs)])
-                epoch = kernels.ready("_epoch", (*args[:-1], args[-1][:0]),   # zero steps
-                               (numba.typeof(X), numba.typeof(Y)))
+                epoch = kernels.ready("_epoch", (numba.typeof(X), numba.typeof(Y)),
+                                      lambda: (*args[:-1], args[-1][:0]))   # zero steps
                 correct, bad_step, _ = epoch(*args)
                 n_correct += correct
                 if bad_step >= 0:

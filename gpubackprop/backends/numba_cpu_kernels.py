@@ -355,9 +355,9 @@ def _notice_if_slow(seconds=0.5):
         timer.cancel()
 
 
-def ready(name, empty, key):
+def ready(name, key, empty):
     """The compiled entry point `name` (the epoch or an op), compiled or loaded
-    from the cache by a call on `empty` (arguments of the real call's types
+    from the cache by a call on `empty()` (arguments of the real call's types
     whose work changes nothing that matters: zero steps, scratch arrays), once
     per `key`, and recompiled if the cached code was built from another
     activation table."""
@@ -365,7 +365,7 @@ def ready(name, empty, key):
     key = (_table_key, name, key)
     if key not in _checked:
         with _notice_if_slow():      # compiles, or loads from the cache
-            out = kernel(*empty)
+            out = kernel(*empty())
             if (out[-1] if isinstance(out, tuple) else out) != _TABLE_HASH:
                 kernel.recompile()
         _checked.add(key)
