@@ -252,13 +252,12 @@ def targets(result, profile, chosen):
             mine = [r for r in result["results"] if r["regime"] == regime and r["device"] == dev]
             ours = next((r for r in mine if r["role"] == "ours"), None)
             other = next((r for r in mine if r["impl"] == peer), None)
+            told = [r["ratio"] for r in mine if ":" in r["impl"]]     # auto's paths, told
             value = None
-            if peer == "paths":              # the slower-or-equal ratio of the told paths
-                told = [r["ratio"] for r in mine if ":" in r["impl"]]
-                other = min(told) if told else None
-            if ours is not None and other is not None:
-                value = ours["gemm_fraction"] if peer == "floor" else \
-                    other if peer == "paths" else other["ratio"]
+            if ours is not None and peer == "paths":    # the faster told path's time / auto's
+                value = min(told) if told else None
+            elif ours is not None and other is not None:
+                value = ours["gemm_fraction"] if peer == "floor" else other["ratio"]
             out.append({"regime": regime, "peer": peer, "device": dev, "minimum": minimum,
                         "what": what, "value": value,
                         "met": None if value is None else bool(value >= minimum)})
