@@ -4,6 +4,8 @@ The reference is Nielsen's loop written with the base class's ops (the NumPy
 formulas) and optim.SGD.step, in float64.  Both dtypes compile once per
 session; every case after that reuses the compiled epoch.
 """
+import concurrent.futures
+
 import numpy as np
 import pytest
 from reference import rel_err
@@ -250,6 +252,63 @@ def test_an_epoch_over_column_blocks_matches_the_loop():
     p, costs, _, _ = fused(params, X, Y, order, hyper)
     ref, ref_costs, _ = reference(params, X, Y, order, hyper)
     assert params_err(p, ref) <= 1e-5 and rel_err(costs, ref_costs) <= 1e-5
+
+
+SPLIT_B = 3 * kernels.COLUMN_BLOCK + 77      # three parts: 1024, 1024 and 1101 rows
+
+
+def split_problem(dtype, lr=0.3):
+    params, X, Y, order = problem([5, 6, 3], 2 * SPLIT_B + 9, 3, dtype)
+    hyper = Hyper(("tanh", "softmax"), losses.get("cross_entropy"), SPLIT_B, lr, momentum=0.5,
+                  weight_decay=1e-3)
+    return params, X, Y, order, hyper
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_step_split_over_threads_matches_the_loop(dtype):
+    """threads=3: each full step's rows run as three parts of whole blocks on
+    three threads, their gradient sums added in part order; the last, short
+    step (9 rows) runs whole.  Against the float64 loop and one thread."""
+    params, X, Y, order, hyper = split_problem(dtype)
+    split = NumbaCPUBackend(CPU, threads=3)
+    assert split._parts(SPLIT_B) == 3 and split._parts(2 * kernels.COLUMN_BLOCK - 1) == 1
+    p, costs, correct, bad = fused(params, X, Y, order, hyper, split)
+    ref, ref_costs, ref_correct = reference(params, X, Y, order, hyper)
+    assert bad == -1 and all(W.dtype == dtype for W, _ in p)
+    assert params_err(p, ref) <= 10 * TOL[dtype] and rel_err(costs, ref_costs) <= 10 * TOL[dtype]
+    assert abs(correct - ref_correct) <= (0 if dtype == np.float64 else 2)
+    one, one_costs, _, _ = fused(params, X, Y, order, hyper, NumbaCPUBackend(CPU, threads=1))
+    assert params_err(p, one) <= 10 * TOL[dtype] and rel_err(costs, one_costs) <= 10 * TOL[dtype]
+
+
+def test_split_steps_have_the_same_bits_whichever_part_finishes_first(monkeypatch):
+    """The parts' sums are added in part order: running the other parts to
+    the end before part 0 starts gives the same bits as running them at once."""
+    params, X, Y, order, hyper = split_problem(np.float32)
+    first = fused(params, X, Y, order, hyper, NumbaCPUBackend(CPU, threads=3))
+
+    class Before:                      # submit() runs the part at once, before part 0
+        def submit(self, fn, *args):
+            done = concurrent.futures.Future()
+            done.set_result(fn(*args))
+            return done
+
+    monkeypatch.setattr(numba_cpu, "_thread_pool", lambda workers: Before())
+    again = fused(params, X, Y, order, hyper, NumbaCPUBackend(CPU, threads=3))
+    assert all(np.array_equal(W, W0) and np.array_equal(b, b0)
+               for (W, b), (W0, b0) in zip(first[0], again[0]))
+    assert np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+def test_split_steps_stop_before_the_bad_step():
+    """A non-finite cost in any part of the second step: no update from it."""
+    params, X, Y, order, hyper = split_problem(np.float64)
+    X[order[SPLIT_B + 2 * kernels.COLUMN_BLOCK + 5]] = np.inf     # the second step's third part
+    split = NumbaCPUBackend(CPU, threads=3)
+    p, costs, _, bad = fused(params, X, Y, order, hyper, split)
+    assert bad == 1 and np.isfinite(costs[0]) and not np.isfinite(costs[1])
+    one_step = fused(params, X, Y, order[:SPLIT_B], hyper, split)[0]
+    assert all(np.array_equal(W, W0) for (W, _), (W0, _) in zip(p, one_step))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

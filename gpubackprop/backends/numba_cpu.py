@@ -12,6 +12,11 @@ optim.SGD's update (B rows, l = 1..L):
     delta_{l-1}  (delta_l @ W_l) * sigma'(z_{l-1})           backward, with the old W's
     g            scale * delta_l.T @ a_{l-1}  (+ wd W)       then v = mu v + g, W -= lr v
 
+A large batch (a step of 65,536 rows of a narrow network) runs the same step
+in blocks of rows that stay in the cache, shared by the cores: each thread
+takes a part of the rows through forward and backward, then their gradient
+sums are added in order and one update follows.
+
 The trainer's loop, which runs when the epoch does not pay (autotune.py
 measures which is faster per shape) or cannot run (another optimizer, data-
 parallel training), gets this backend's four ops: NumPy's matmul for the
@@ -20,7 +25,10 @@ sigma', the column sums) where NumPy makes a pass per ufunc.
 
 The kernels, their compilation and caching: numba_cpu_kernels.py.
 """
+import concurrent.futures
 import contextlib
+import math
+import os
 
 import numba
 import numpy as np
@@ -75,9 +83,11 @@ def _run(name, *args):
 class NumbaCPUBackend(Backend):
     """The NumPy reference ops plus train_epoch, the compiled SGD epoch.
 
-    threads: BLAS threads during train_epoch (None: BLAS's own count).  The
-    count can change the last bits of wide layers' GEMMs; a run that must
-    repeat bit for bit on other machines fixes it."""
+    threads: threads during train_epoch (None: BLAS's own count for a step
+    under 2 x COLUMN_BLOCK rows, every usable core for a larger one, whose
+    rows are split into that many parts of whole blocks).  The count can
+    change the last bits (the parts' sums, wide layers' GEMMs); a run that
+    must repeat bit for bit on other machines fixes it."""
 
     name = "numba"
     device_kinds = ("cpu",)
@@ -157,24 +167,83 @@ class NumbaCPUBackend(Backend):
         X, Y, t = np.ascontiguousarray(X, dtype), np.ascontiguousarray(Y, dtype), dtype.type
         step_costs = np.full(-(-n // bs), np.nan)
         n_correct, full = 0, n // bs * bs
-        with self._blas_threads():
-            # the full batches, then the last, smaller one (its own buffers and scale)
-            for first, stop in ((0, full), (full, n)):
-                if stop == first:
-                    continue
-                rows = min(bs, stop - first)
-                args = (*self._lists(params, state, ws, rows), ws.y[:rows], codes, X, Y,
-                        order[first:stop], t(hyper.lr), t(hyper.momentum),
-                        t(hyper.weight_decay), hyper.loss.code,
-                        t(hyper.scale(rows, sizes[-1])), t(np.finfo(dtype).tiny),
-                        step_costs[first // bs:-(-stop // bs)])
-                epoch = kernels.ready("_epoch", (numba.typeof(X), numba.typeof(Y)),
-                                      lambda: (*args[:-1], args[-1][:0]))   # zero steps
-                correct, bad_step, _ = epoch(*args)
-                n_correct += correct
-                if bad_step >= 0:
-                    return step_costs, n_correct, first // bs + bad_step
+        # the full batches, then the last, smaller one (its own buffers and scale)
+        for first, stop in ((0, full), (full, n)):
+            if stop == first:
+                continue
+            rows = min(bs, stop - first)
+            lists = self._lists(params, state, ws, rows)
+            consts = (t(hyper.lr), t(hyper.momentum), t(hyper.weight_decay), hyper.loss.code,
+                      t(hyper.scale(rows, sizes[-1])), t(np.finfo(dtype).tiny))
+            parts = self._parts(rows)
+            run = self._steps if parts == 1 else self._split_steps
+            with self._blas_threads(self.threads if parts == 1 else 1):
+                correct, bad_step = run(lists, ws.y[:rows], codes, X, Y, order[first:stop],
+                                        consts, step_costs[first // bs:-(-stop // bs)], parts)
+            n_correct += correct
+            if bad_step >= 0:
+                return step_costs, n_correct, first // bs + bad_step
         return step_costs, n_correct, -1
+
+    def _parts(self, rows):
+        """Threads that share each step of `rows` rows: a part of at least
+        COLUMN_BLOCK rows per thread (threads=, else every usable core)."""
+        threads = self.threads or (len(os.sched_getaffinity(0))
+                                   if hasattr(os, "sched_getaffinity") else os.cpu_count())
+        return max(1, min(threads, rows // kernels.COLUMN_BLOCK))
+
+    @staticmethod
+    def _steps(lists, y, codes, X, Y, order, consts, step_costs, parts):
+        """The steps in one compiled call: (n_correct, bad step or -1)."""
+        args = (*lists, y, codes, X, Y, order, *consts, step_costs)
+        epoch = kernels.ready("_epoch", (numba.typeof(X), numba.typeof(Y)),
+                              lambda: (*args[:-1], args[-1][:0]))       # zero steps
+        correct, bad_step, _ = epoch(*args)
+        return correct, bad_step
+
+    def _split_steps(self, lists, y, codes, X, Y, order, consts, step_costs, parts):
+        """The steps with each step's rows split into `parts` runs of whole
+        blocks, one per thread (the GIL released); their gradient sums are
+        added in part order, so the bits do not depend on which finishes first."""
+        params, velocities, a, delta, dW, db = lists
+        lr, mu, wd, loss_code, scale, tiny = consts
+        rows, blocks = y.shape[0], y.shape[0] // kernels.COLUMN_BLOCK
+        bounds = [p * blocks // parts * kernels.COLUMN_BLOCK for p in range(parts)] + [rows]
+        buffers = self._part_buffers(dW, db, parts)
+        run_part = kernels.ready("_part_op", (numba.typeof(X), numba.typeof(Y)), lambda: (
+            params, a, delta, y, codes, X, Y, order, 0, 0, 0, loss_code, tiny, *buffers[0][:4]))
+        update = kernels.ready("_update_op", y.dtype, lambda: _scratch_update(y.dtype))
+        pool = _thread_pool(parts - 1)
+        n_correct = 0
+        for s in range(step_costs.shape[0]):
+            def part(p, start=s * rows):
+                return run_part(params, a, delta, y, codes, X, Y, order, start, bounds[p],
+                                bounds[p + 1], loss_code, tiny, *buffers[p][:4])
+            others = [pool.submit(part, p) for p in range(1, parts)]
+            results = [part(0)] + [f.result() for f in others]
+            step_costs[s] = sum(cost for cost, _, _ in results)
+            if not math.isfinite(step_costs[s]):
+                return n_correct, s
+            n_correct += sum(correct for _, correct, _ in results)
+            update(params, velocities, dW, db, *buffers[-1], scale, lr, mu, wd)
+        return n_correct, -1
+
+    def _part_buffers(self, dW, db, parts):
+        """Per part (dW, db, block scratch dW, db) typed Lists (part 0 sums
+        into dW, db), then (the other parts' dW, db) flattened for _update_op."""
+        key = (tuple(g.shape for g in dW), dW[0].dtype, parts)
+        if self.__dict__.get("_parts_key") != key:
+            like = [*dW, *db]
+            L = len(dW)
+
+            def fresh():
+                return _typed([np.empty_like(g) for g in like[:L]]), \
+                    _typed([np.empty_like(g) for g in like[L:]])
+            per_part = [(dW, db, *fresh())] + [(*fresh(), *fresh()) for _ in range(1, parts)]
+            more = (_typed([g for part in per_part[1:] for g in part[0]], like[0]),
+                    _typed([g for part in per_part[1:] for g in part[1]], like[0]))
+            self._parts_key, self._parts_buffers = key, per_part + [more]
+        return self._parts_buffers
 
     @staticmethod
     def _lists(params, state, ws, rows):
@@ -186,20 +255,42 @@ class NumbaCPUBackend(Backend):
                    for v in (vW, vb.reshape(1, -1))],
                   [a[:rows] for a in (ws.x, *ws.a)], [d[:rows] for d in ws.delta],
                   [dW for dW, _ in ws.grads], [db.reshape(1, -1) for _, db in ws.grads])
-        lists = []
-        for group in groups:
-            lists.append(List.empty_list(numba.typeof(ws.x)))
-            for array in group:
-                lists[-1].append(array)
-        return lists
+        return [_typed(group, ws.x) for group in groups]
 
-    def _blas_threads(self):
-        """A context running BLAS on self.threads threads (no-op for None)."""
-        if self.threads is None:
+    def _blas_threads(self, threads):
+        """A context running BLAS on `threads` threads (no-op for None)."""
+        if threads is None:
             return contextlib.nullcontext()
         if self._blas is None:
             import scipy.linalg.cython_blas  # noqa: F401 - load SciPy's BLAS before the scan
             from threadpoolctl import ThreadpoolController
 
             self._blas = ThreadpoolController()
-        return self._blas.limit(limits=self.threads, user_api="blas")
+        return self._blas.limit(limits=threads, user_api="blas")
+
+
+def _typed(arrays, like=None):
+    """A numba typed List of 2-D arrays (of like's type when it is empty)."""
+    out = List.empty_list(numba.typeof(like if like is not None else arrays[0]))
+    for array in arrays:
+        out.append(array)
+    return out
+
+
+def _scratch_update(dtype):
+    """_update_op's arguments on one-element scratch arrays (a call changes nothing)."""
+    one = [np.zeros((1, 1), dtype)]
+    t = np.dtype(dtype).type
+    return (_typed(one * 2), _typed([], one[0]), _typed(one), _typed(one), _typed([], one[0]),
+            _typed([], one[0]), t(1), t(0), t(0), t(0))
+
+
+_pools = {}
+
+
+def _thread_pool(workers):
+    """A pool of `workers` threads for the parts of a split step, made once."""
+    if workers not in _pools:
+        _pools[workers] = concurrent.futures.ThreadPoolExecutor(
+            max(1, workers), thread_name_prefix="gpubackprop-part")
+    return _pools[workers]

@@ -6,8 +6,12 @@ multiply-adds), where BLAS's per-call set-up dominates; hand-written weight
 gradients lost to BLAS at every size measured (RESULTS.md).
 The element-wise loops are written so LLVM vectorises them (2-D indexing with
 loop invariants in locals: row views cost an atomic reference count each)
-and inlined into the epoch.  They run on one core: a parallel pass (prange)
-was 2-3x slower between BLAS calls, whose spinning threads take the cores.
+and inlined into the epoch.  A step runs block by block of COLUMN_BLOCK rows
+(_forward_cost, _backward), so a block's arrays stay in the cache between
+layers.  Threads share a large step by whole blocks (_part_op on each part,
+the GIL released, BLAS on one thread each; numba_cpu.py runs them), not by
+a parallel pass per array: prange passes were 2-3x slower between BLAS
+calls, whose spinning threads take the cores.
 
 Compilation: one signature per dtype, compiled on first use and cached on
 disk (cache=True; ~0.3 s to load).  Activations come from activations.TABLE
@@ -17,9 +21,9 @@ another table (activations.py edited) is recompiled.  A table changed at run
 time (activations.register) gets its own uncached kernels.
 
 Bits: a seed gives the same bits every run, compiled or loaded from the
-cache (tests/test_numba_cache.py), with the same BLAS thread count: wide
-layers use several BLAS threads, and another count (`threads=`) can change
-the last bit of a GEMM.
+cache (tests/test_numba_cache.py), with the same thread count: wide layers
+use several BLAS threads, a large step's parts add their gradients in part
+order, and another count (`threads=`) can change the last bits.
 """
 import contextlib
 import math
@@ -216,13 +220,34 @@ def _column_sum(delta, db):
 
 
 @njit(inline="always")
-def _sgd_update(W, b, vW, vb, delta, a_prev, dW, db, scale, lr, mu, wd, momentum):
-    """optim.SGD.step with (dW, db) = scale (delta.T @ a_prev, delta.sum(0)),
-    on W, b and their velocities vW, vb (not used without momentum):
+def _add_gradient(delta, a_prev, dW, db, part_W, part_b, first):
+    """dW (+)= delta.T @ a_prev, db (+)= delta.sum(0) for one block of at
+    most COLUMN_BLOCK rows (first: the first block, which sets them; the
+    others add their sums, in the order _column_sum adds its blocks')."""
+    if first:
+        np.dot(delta.T, a_prev, dW)              # sum over the rows of outer products
+        _column_sum(delta, db)
+        return
+    np.dot(delta.T, a_prev, part_W)
+    _column_sum(delta, part_b)
+    _add_into(dW, db, part_W, part_b)
+
+
+@njit(inline="always")
+def _add_into(dW, db, part_W, part_b):
+    """dW += part_W; db += part_b."""
+    for j in range(dW.shape[0]):
+        for k in range(dW.shape[1]):
+            dW[j, k] += part_W[j, k]
+        db[j] += part_b[j]
+
+
+@njit(inline="always")
+def _sgd_update(W, b, vW, vb, dW, db, scale, lr, mu, wd, momentum):
+    """optim.SGD.step with (dW, db) = scale (the batch's sums), on W, b and
+    their velocities vW, vb (not used without momentum):
     g = grad + wd p;  v = mu v + g;  p = p - lr v   (p = p - lr g without momentum).
     wd p is added even for wd = 0: g + 0 is g, the same arithmetic as SGD.step."""
-    np.dot(delta.T, a_prev, dW)                  # sum over the batch of outer products
-    _column_sum(delta, db)
     for j in range(W.shape[0]):
         if momentum:
             for k in range(W.shape[1]):
@@ -238,6 +263,59 @@ def _sgd_update(W, b, vW, vb, delta, a_prev, dW, db, scale, lr, mu, wd, momentum
         b[j] = b[j] - lr * gb
 
 
+# A step's rows run in blocks of COLUMN_BLOCK, each block through every layer
+# before the next block (forward, then backward): a block's activations and
+# deltas stay in the cache from one layer's GEMM to the next, where a
+# layer-by-layer pass over a large batch streams each array through memory
+# three times (GEMM out, bias + sigma in and out, next GEMM in).
+def _forward_cost(params, a, y, codes, X, Y, order, start, r_begin, r_end, loss_code, tiny):
+    """Rows r_begin:r_end of the batch order[start:]: gathered into a_0 and
+    y, then forward through every layer.  Returns (sum of their C0, rows
+    with argmax a == argmax y)."""
+    L = len(codes)
+    cost, correct = 0.0, 0
+    for r0 in range(r_begin, r_end, COLUMN_BLOCK):
+        r1 = min(r_end, r0 + COLUMN_BLOCK)
+        _gather(X, order, start + r0, a[0][r0:r1])
+        _gather(Y, order, start + r0, y[r0:r1])
+        for l in range(L):
+            _dense_forward(a[l][r0:r1], params[2 * l], params[2 * l + 1][0], codes[l],
+                           a[l + 1][r0:r1])
+        block_cost, block_correct = _cost(a[L][r0:r1], y[r0:r1], loss_code, codes[L - 1], tiny)
+        cost += block_cost
+        correct += block_correct
+    return cost, correct
+
+
+def _backward(params, a, delta, y, codes, r_begin, r_end, loss_code, dW, db, part_W, part_b):
+    """The gradient sums of rows r_begin:r_end, dW_l = delta_l.T @ a_{l-1}
+    and db_l = delta_l.sum(0), block by block; a block's deltas go to rows
+    r_begin.. of the delta buffers (scratch, reused by the next block)."""
+    L = len(codes)
+    for r0 in range(r_begin, r_end, COLUMN_BLOCK):
+        r1 = min(r_end, r0 + COLUMN_BLOCK)
+        d = delta[L - 1][r_begin:r_begin + r1 - r0]
+        _output_delta(a[L][r0:r1], y[r0:r1], loss_code, codes[L - 1], d)
+        for l in range(L - 1, -1, -1):
+            _add_gradient(d, a[l][r0:r1], dW[l], db[l][0], part_W[l], part_b[l][0],
+                          r0 == r_begin)
+            if l > 0:                                # delta through W_l, before its update
+                d_prev = delta[l - 1][r_begin:r_begin + r1 - r0]
+                np.dot(d, params[2 * l], d_prev)
+                _times_dsigma(d_prev, a[l][r0:r1], codes[l - 1])
+                d = d_prev
+
+
+@njit(inline="always")
+def _update(params, velocities, dW, db, scale, lr, mu, wd):
+    """Every layer's SGD update from the batch's gradient sums."""
+    momentum = len(velocities) > 0
+    for l in range(len(dW)):
+        W, b = params[2 * l], params[2 * l + 1][0]
+        vW, vb = (velocities[2 * l], velocities[2 * l + 1][0]) if momentum else (W, b)
+        _sgd_update(W, b, vW, vb, dW[l], db[l][0], scale, lr, mu, wd, momentum)
+
+
 def _epoch(params, velocities, a, delta, dW, db, y, codes, X, Y, order, lr, mu, wd, loss_code,
            scale, tiny, step_costs):
     """The SGD steps over the batches order[0:B], order[B:2B], ... with B =
@@ -245,32 +323,46 @@ def _epoch(params, velocities, a, delta, dW, db, y, codes, X, Y, order, lr, mu, 
     params = [W_1, b_1 (1, n_1), W_2, ...] and velocities (the same, or
     empty) are updated in place; a (a_0..a_L), delta, dW, db (1, n) and y are
     the buffers.  step_costs[s] = step s's sum of C0; stops before the update of
-    the first step whose cost is not finite.  Returns (n_correct, bad_step,
+    the first step whose cost was not finite.  Returns (n_correct, bad_step,
     _TABLE_HASH)."""
-    L, B = len(codes), y.shape[0]
-    momentum = len(velocities) > 0
+    B = y.shape[0]
     n_correct, bad_step = 0, -1
+    part_W = [np.empty_like(g) for g in dW]          # one block's sums
+    part_b = [np.empty_like(g) for g in db]
     for s in range(step_costs.shape[0]):
-        _gather(X, order, s * B, a[0])
-        _gather(Y, order, s * B, y)
-        for l in range(L):                           # forward
-            _dense_forward(a[l], params[2 * l], params[2 * l + 1][0], codes[l], a[l + 1])
-        cost, correct = _cost(a[L], y, loss_code, codes[L - 1], tiny)
+        cost, correct = _forward_cost(params, a, y, codes, X, Y, order, s * B, 0, B, loss_code,
+                                      tiny)
         step_costs[s] = cost
         if not math.isfinite(cost):
             bad_step = s
             break
         n_correct += correct
-        _output_delta(a[L], y, loss_code, codes[L - 1], delta[L - 1])
-        for l in range(L - 1, -1, -1):               # backward, layer by layer:
-            W, b = params[2 * l], params[2 * l + 1][0]
-            if l > 0:                                # delta through the old W_l, then
-                np.dot(delta[l], W, delta[l - 1])    # W_l's gradient and update
-                _times_dsigma(delta[l - 1], a[l], codes[l - 1])
-            vW, vb = (velocities[2 * l], velocities[2 * l + 1][0]) if momentum else (W, b)
-            _sgd_update(W, b, vW, vb, delta[l], a[l], dW[l], db[l][0], scale, lr, mu, wd,
-                        momentum)
+        _backward(params, a, delta, y, codes, 0, B, loss_code, dW, db, part_W, part_b)
+        _update(params, velocities, dW, db, scale, lr, mu, wd)
     return n_correct, bad_step, _TABLE_HASH
+
+
+# -- one step split over threads: each runs a part of the rows (_part_op, the
+#    GIL released), then one adds the parts' gradients and updates ------------------
+def _part_op(params, a, delta, y, codes, X, Y, order, start, r_begin, r_end, loss_code, tiny,
+             dW, db, part_W, part_b):
+    """Rows r_begin:r_end of the step whose batch is order[start:]: forward,
+    cost and (if the cost is finite) their gradient sums into dW, db."""
+    cost, correct = _forward_cost(params, a, y, codes, X, Y, order, start, r_begin, r_end,
+                                  loss_code, tiny)
+    if math.isfinite(cost):
+        _backward(params, a, delta, y, codes, r_begin, r_end, loss_code, dW, db, part_W, part_b)
+    return cost, correct, _TABLE_HASH
+
+
+def _update_op(params, velocities, dW, db, more_dW, more_db, scale, lr, mu, wd):
+    """dW += more_dW[0] + more_dW[1] ... (db alike, in order), then the update."""
+    for p in range(len(more_dW) // len(dW)):
+        for l in range(len(dW)):
+            q = p * len(dW) + l
+            _add_into(dW[l], db[l][0], more_dW[q], more_db[q][0])
+    _update(params, velocities, dW, db, scale, lr, mu, wd)
+    return _TABLE_HASH
 
 
 # -- the passes between the trainer loop's GEMMs (NumPy's matmul: its BLAS is faster
@@ -306,9 +398,10 @@ def _gradient_scale_op(delta, scale, dW, db):
 
 
 # -- one set of kernels per activation table ------------------------------------------
-_ENTRY_POINTS = (_epoch, _bias_sigma_op, _output_delta_op, _times_dsigma_op, _gradient_scale_op)
+_ENTRY_POINTS = (_epoch, _part_op, _update_op, _bias_sigma_op, _output_delta_op, _times_dsigma_op, _gradient_scale_op)
 _TABLE_KERNELS = {f.__name__: f for f in (_dense_forward, _bias_sigma, _times_dsigma,
-                                           _output_delta, *_ENTRY_POINTS)}
+                                           _output_delta, _forward_cost, _backward,
+                                           *_ENTRY_POINTS)}
 _KERNEL_SETS = {}            # table key -> the globals of its kernels
 _table_key = None
 _checked = set()             # (table key, X and Y types): compiled epochs checked here
@@ -329,7 +422,7 @@ def use_table():
                        "dsigma", njit, lambda f: _dsigma_loop(njit(f))),
                    "_TABLE_HASH": activations.fingerprint()}
         for name, fn in _TABLE_KERNELS.items():     # helpers inlined into the epoch
-            options = {"cache": not _KERNEL_SETS} if fn in _ENTRY_POINTS \
+            options = {"cache": not _KERNEL_SETS, "nogil": True} if fn in _ENTRY_POINTS \
                 else {"inline": "always"}
             kernels[name] = njit(**options)(fn)
         _KERNEL_SETS[key] = kernels
