@@ -15,6 +15,12 @@ and whether momentum and weight decay are on.
 Not measured: steps with fewer than MEASURE_ABOVE activations (batch x sum of
 the layer widths) take the fast path, which wins there by 1.2x and more
 (RESULTS.md's crossover table); GPU devices take it whenever it applies.
+
+Kernels are chosen the same way (`kernel_choice`): where a backend has two
+kernels for one operation and which is faster depends on the machine (the
+compiled CPU epoch's small forward GEMMs: its own loop or BLAS), the first
+run of a shape times each and the record keeps the faster, so a machine's
+later runs use the same one and get the same bits.
 `Trainer(fast_path=True | False)` skips the choice.  `gpubackprop info`
 prints the recorded choices; `forget()` clears them; `use_cache(path)` moves
 the file (None: the default, ~/.cache/gpubackprop/autotune.json; False: keep
@@ -40,14 +46,18 @@ log = logging.getLogger("gpubackprop")
 MEASURE_ABOVE = 2 ** 16
 #: a timed run lasts at least this long (several steps when steps are short)
 RUN_SECONDS = 0.03
+#: ... and a timed run of a kernel (kernel_choice) this long
+KERNEL_RUN_SECONDS = 0.005
 #: timed runs per path, alternating: at most ROUNDS, fewer where they would
 #: take more than BUDGET seconds per path (one at the least); each path's
 #: fastest run counts (noise only adds time)
 ROUNDS, BUDGET = 5, 1.0
 FILE_VERSION = 1
+#: the record's sections: fast path or loop per problem; kernel per shape
+SECTIONS = ("choices", "kernels")
 
 _path = None           # use_cache's choice: None = the default file, False = none
-_memory = {}           # problem key -> entry, when no file can be written
+_memory = {section: {} for section in SECTIONS}   # key -> entry, when no file can be written
 
 
 class Choice(NamedTuple):
@@ -68,7 +78,8 @@ def use_cache(path=None):
     if path is not None and path is not False:
         path = Path(os.fspath(path))
     _path = path
-    _memory.clear()
+    for entries in _memory.values():
+        entries.clear()
 
 
 def cache_path():
@@ -135,7 +146,7 @@ def choose(backend, hyper, dtype, run, options=None):
     spec = problem(backend, hyper, dtype, options)
     key = json.dumps(spec, sort_keys=True)
     in_file = _in_file()
-    entry = in_file.get(key, _memory.get(key))
+    entry = in_file.get(key, _memory["choices"].get(key))
     if entry is None:
         entry = _measure(run)
         where = _record(key, entry)
@@ -159,21 +170,45 @@ def _reason(entry, source, where):
 
 
 def _measure(run):
-    """Time both paths: a warm-up step each (compiles, fills caches) and a
-    probe step (how long a step takes), then ROUNDS alternating timed runs of
-    at least RUN_SECONDS; each path's fastest run counts."""
-    for fast in (True, False):
-        run(fast, 1)
-    step = min(run(fast, 1) for fast in (True, False))
-    steps = max(1, math.ceil(RUN_SECONDS / max(step, 1e-9)))
-    rounds = int(min(ROUNDS, max(1, BUDGET // (steps * step))))
-    times = {True: [], False: []}
-    for _ in range(rounds):
-        for fast in (True, False):
-            times[fast].append(run(fast, steps) / steps)
-    seconds = {"fast path": min(times[True]), "loop": min(times[False])}
+    """Time both paths (_race); the entry the record keeps."""
+    times, steps, rounds = _race(run, (True, False), RUN_SECONDS)
+    seconds = {"fast path": times[True], "loop": times[False]}
     return {"fast_path": seconds["fast path"] <= seconds["loop"], "seconds": seconds,
             "steps": steps, "rounds": rounds, "date": datetime.date.today().isoformat()}
+
+
+def _race(run, candidates, run_seconds):
+    """Time each candidate: a warm-up run of one step (compiles, fills
+    caches) and a probe step (how long a step takes), then ROUNDS alternating
+    timed runs of at least run_seconds.  Returns ({candidate: its fastest
+    run's seconds per step}, steps per run, rounds)."""
+    for c in candidates:
+        run(c, 1)
+    step = min(run(c, 1) for c in candidates)
+    steps = max(1, math.ceil(run_seconds / max(step, 1e-9)))
+    rounds = int(min(ROUNDS, max(1, BUDGET // (steps * step))))
+    times = {c: [] for c in candidates}
+    for _ in range(rounds):
+        for c in candidates:
+            times[c].append(run(c, steps) / steps)
+    return {c: min(t) for c, t in times.items()}, steps, rounds
+
+
+def kernel_choice(kernel, spec, run, candidates):
+    """Which of `candidates` (names) runs `kernel` fastest for `spec` (a
+    JSON-able dict: the backend, shapes, dtype) on this machine: measured the
+    first time (run(candidate, reps) returns the seconds of reps calls),
+    recorded, and the record's answer every time after."""
+    key = json.dumps({"kernel": kernel, **spec}, sort_keys=True)
+    entry = _in_file("kernels").get(key, _memory["kernels"].get(key))
+    if entry is None or entry["choice"] not in candidates:
+        seconds, reps, rounds = _race(run, candidates, KERNEL_RUN_SECONDS)
+        entry = {"choice": min(candidates, key=seconds.get), "seconds": seconds, "reps": reps,
+                 "rounds": rounds, "date": datetime.date.today().isoformat()}
+        where = _record(key, entry, "kernels")
+        log.info("autotune: %s %s: %s (%s), recorded in %s", kernel, spec, entry["choice"],
+                 ", ".join(f"{c} {s * 1e6:.3g} us" for c, s in seconds.items()), where)
+    return entry["choice"]
 
 
 # -- the record ------------------------------------------------------------------------
@@ -190,10 +225,11 @@ def _read():
         return {}
 
 
-def _in_file():
-    """{problem key: entry} recorded in the file for this machine."""
-    entries = _read().get("machines", {}).get(_machine_key(machine()), {}).get("choices", {})
-    return {k: v for k, v in entries.items() if _valid(v)}
+def _in_file(section="choices"):
+    """{key: entry} recorded in the file's `section` for this machine."""
+    entries = _read().get("machines", {}).get(_machine_key(machine()), {}).get(section, {})
+    valid = _valid if section == "choices" else _valid_kernel
+    return {k: v for k, v in entries.items() if valid(v)} if isinstance(entries, dict) else {}
 
 
 def _valid(entry):
@@ -202,40 +238,48 @@ def _valid(entry):
         all(isinstance(entry["seconds"].get(k), (int, float)) for k in ("fast path", "loop"))
 
 
-def _record(key, entry):
-    """Add `entry` to this machine's choices in the file, or to this
+def _valid_kernel(entry):
+    return isinstance(entry, dict) and isinstance(entry.get("choice"), str) and \
+        isinstance(entry.get("seconds"), dict)
+
+
+def _record(key, entry, section="choices"):
+    """Add `entry` to this machine's `section` in the file, or to this
     process's if it cannot be written; returns where it went."""
     from .io import write_atomically
 
     path = cache_path()
     if path is None:
-        _memory[key] = entry
+        _memory[section][key] = entry
         return "this process"
     info = machine()
     data = _read() or {"version": FILE_VERSION, "machines": {}}
-    mine = data["machines"].setdefault(_machine_key(info), {"machine": info, "choices": {}})
-    mine["choices"][key] = entry
+    mine = data["machines"].setdefault(_machine_key(info), {"machine": info})
+    mine.setdefault(section, {})[key] = entry
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(os.fspath(path), json.dumps(data, indent=1).encode(), "autotune record")
     except OSError as exc:
         log.debug("autotune: cannot record the choice in %s (%s); kept for this process",
                   path, exc)
-        _memory[key] = entry
+        _memory[section][key] = entry
         return "this process"
     return path
 
 
-def choices():
-    """[(problem dict, entry)] recorded for this machine, for `gpubackprop info`."""
-    return [(json.loads(k), v) for k, v in sorted({**_in_file(), **_memory}.items())]
+def choices(section="choices"):
+    """[(problem dict, entry)] recorded for this machine, for `gpubackprop
+    info`: fast path or loop ("choices"), or the kernels ("kernels")."""
+    return [(json.loads(k), v)
+            for k, v in sorted({**_in_file(section), **_memory[section]}.items())]
 
 
 def forget():
     """Clear this machine's recorded choices (the file's and this process's)."""
     from .io import write_atomically
 
-    _memory.clear()
+    for entries in _memory.values():
+        entries.clear()
     data, path = _read(), cache_path()
     if path is not None and data.get("machines", {}).pop(_machine_key(machine()), None):
         write_atomically(os.fspath(path), json.dumps(data, indent=1).encode(), "autotune record")

@@ -252,6 +252,12 @@ def _print_autotune():
               f"{'fast path' if entry['fast_path'] else 'loop'} (fast path "
               f"{s['fast path'] * 1e3:.3g} ms/step, loop {s['loop'] * 1e3:.3g} ms/step; "
               f"{entry.get('date', '?')})")
+    kernels = autotune.choices("kernels")
+    print(f"kernels, measured per shape on this machine: {len(kernels)} recorded")
+    for spec, entry in kernels:
+        times = ", ".join(f"{c} {s * 1e6:.3g} us" for c, s in entry["seconds"].items())
+        print(f"  {spec['backend']} {spec['kernel']} {' x '.join(map(str, spec['shape']))} "
+              f"{spec['dtype']}: {entry['choice']} ({times}; {entry.get('date', '?')})")
 
 
 def build_parser():

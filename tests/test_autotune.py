@@ -114,7 +114,7 @@ def test_arguments_and_rules_skip_the_measurement(record, monkeypatch):
     numpy = trainer(backend="numpy")                      # no fast path to choose
     numpy.fit(X, y, epochs=1)
     assert not numpy.path_choice.fast_path and "no fast path" in numpy.path_choice.reason
-    assert not record.exists()
+    assert autotune.choices() == []       # (the small step's kernels may be: "kernels")
 
 
 def test_bad_fast_path_arguments():
@@ -179,3 +179,57 @@ def test_no_home_folder_keeps_the_choices_in_this_process(monkeypatch):
     finally:
         monkeypatch.undo()
         autotune.use_cache(previous)
+
+
+def test_the_small_forward_gemm_kernel_is_measured_once_and_recorded(record, monkeypatch,
+                                                                      capsys):
+    """The compiled epoch's small forward GEMMs (under SMALL_GEMM
+    multiply-adds): its own kernel or BLAS, timed once per shape, recorded,
+    reused by a new process (the file), printed by `gpubackprop info`."""
+    from gpubackprop.backends import numba_cpu_kernels as kernels
+
+    X, y = data(64)
+    t = trainer(sizes=[24, 8, 10], batch=16)
+    t.fit(X, y, epochs=1)
+    kernels_recorded = autotune.choices("kernels")
+    shapes = sorted(spec["shape"] for spec, _ in kernels_recorded)
+    assert shapes == [[16, 8, 10], [16, 24, 8]]          # one entry per layer shape
+    for spec, entry in kernels_recorded:
+        assert spec["kernel"] == "forward GEMM" and spec["dtype"] == "float32"
+        assert set(entry["seconds"]) == {"hand", "BLAS"} and min(entry["seconds"].values()) > 0
+        assert entry["choice"] == min(entry["seconds"], key=entry["seconds"].get)
+    hand = t.net.backend._hand_gemms([24, 8, 10], 16, np.dtype(np.float32))
+    assert list(hand) == [entry["choice"] == "hand" for _, entry in sorted(
+        kernels_recorded, key=lambda e: e[0]["shape"][1], reverse=True)]
+
+    monkeypatch.setattr(autotune, "_race", lambda *a: pytest.fail("measured again"))
+    autotune.use_cache(record)                            # a new process reads the file
+    again = trainer(sizes=[24, 8, 10], batch=16)
+    again.fit(X, y, epochs=1)
+    assert autotune.choices("kernels") == kernels_recorded
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "kernels, measured per shape on this machine: 2 recorded" in out
+    assert "numba forward GEMM 16 x 24 x 8 float32: " in out
+    assert kernels.SMALL_GEMM > 16 * 24 * 8
+
+
+@pytest.mark.parametrize("choice", ["hand", "BLAS"])
+def test_either_forward_gemm_kernel_trains_to_the_loop_numbers(record, monkeypatch, choice):
+    """Whichever kernel the machine measured faster, the epoch's numbers are
+    the loop's (float64 1e-12)."""
+    monkeypatch.setattr(autotune, "_race", lambda run, candidates, s: (
+        {c: 1.0 if c == choice else 2.0 for c in candidates}, 1, 1))
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(50, 12)), rng.integers(0, 4, 50)
+    params = {}
+    for fast_path in (True, False):
+        net = gb.MLP.from_sizes([12, 9, 4], activation="sigmoid", seed=1, backend="numba")
+        tr = gb.Trainer(net, loss="sse", optimizer=gb.SGD(lr=0.5), batch_size=5, seed=2,
+                        fast_path=fast_path)
+        tr.fit(X, y, epochs=2)
+        params[fast_path] = net.params
+    assert all(v["choice"] == choice for _, v in autotune.choices("kernels"))
+    for (W, b), (W0, b0) in zip(params[True], params[False]):
+        assert np.abs(W - W0).max() <= 1e-12 * np.abs(W0).max()
+        assert np.abs(b - b0).max() <= 1e-12 * np.abs(b0).max()

@@ -27,14 +27,16 @@ The kernels, their compilation and caching: numba_cpu_kernels.py.
 """
 import concurrent.futures
 import contextlib
+import functools
 import math
 import os
+import time
 
 import numba
 import numpy as np
 from numba.typed import List
 
-from .. import activations
+from .. import activations, autotune
 from ..checks import positive_int
 from . import numba_cpu_kernels as kernels
 from .base import Backend
@@ -178,8 +180,10 @@ class NumbaCPUBackend(Backend):
             parts = self._parts(rows)
             run = self._steps if parts == 1 else self._split_steps
             with self._blas_threads(self.threads if parts == 1 else 1):
-                correct, bad_step = run(lists, ws.y[:rows], codes, X, Y, order[first:stop],
-                                        consts, step_costs[first // bs:-(-stop // bs)], parts)
+                hand = self._hand_gemms(sizes, min(rows, kernels.COLUMN_BLOCK), dtype)
+                correct, bad_step = run(lists, ws.y[:rows], codes, hand, X, Y,
+                                        order[first:stop], consts,
+                                        step_costs[first // bs:-(-stop // bs)], parts)
             n_correct += correct
             if bad_step >= 0:
                 return step_costs, n_correct, first // bs + bad_step
@@ -192,16 +196,32 @@ class NumbaCPUBackend(Backend):
                                    if hasattr(os, "sched_getaffinity") else os.cpu_count())
         return max(1, min(threads, rows // kernels.COLUMN_BLOCK))
 
+    def _hand_gemms(self, sizes, rows, dtype):
+        """Per layer, 1 where the forward GEMM of a block of `rows` rows runs
+        the epoch's own kernel (_matmul_nt), 0 for BLAS: BLAS from SMALL_GEMM
+        multiply-adds, below it the faster of the two on this machine
+        (measured once per shape and recorded: autotune.kernel_choice)."""
+        key = (tuple(sizes), rows, str(dtype))
+        known = self.__dict__.setdefault("_hand", {})
+        if key not in known:
+            known[key] = np.array([
+                rows * k * n < kernels.SMALL_GEMM and autotune.kernel_choice(
+                    "forward GEMM", {"backend": self.name, "shape": [rows, k, n],
+                                     "dtype": str(dtype)},
+                    functools.partial(_time_forward, rows, k, n, dtype), ("hand", "BLAS"))
+                == "hand" for k, n in zip(sizes, sizes[1:])], np.uint8)
+        return known[key]
+
     @staticmethod
-    def _steps(lists, y, codes, X, Y, order, consts, step_costs, parts):
+    def _steps(lists, y, codes, hand, X, Y, order, consts, step_costs, parts):
         """The steps in one compiled call: (n_correct, bad step or -1)."""
-        args = (*lists, y, codes, X, Y, order, *consts, step_costs)
+        args = (*lists, y, codes, hand, X, Y, order, *consts, step_costs)
         epoch = kernels.ready("_epoch", (numba.typeof(X), numba.typeof(Y)),
                               lambda: (*args[:-1], args[-1][:0]))       # zero steps
         correct, bad_step, _ = epoch(*args)
         return correct, bad_step
 
-    def _split_steps(self, lists, y, codes, X, Y, order, consts, step_costs, parts):
+    def _split_steps(self, lists, y, codes, hand, X, Y, order, consts, step_costs, parts):
         """The steps with each step's rows split into `parts` runs of whole
         blocks, one per thread (the GIL released); their gradient sums are
         added in part order, so the bits do not depend on which finishes first."""
@@ -211,13 +231,14 @@ class NumbaCPUBackend(Backend):
         bounds = [p * blocks // parts * kernels.COLUMN_BLOCK for p in range(parts)] + [rows]
         buffers = self._part_buffers(dW, db, parts)
         run_part = kernels.ready("_part_op", (numba.typeof(X), numba.typeof(Y)), lambda: (
-            params, a, delta, y, codes, X, Y, order, 0, 0, 0, loss_code, tiny, *buffers[0][:4]))
+            params, a, delta, y, codes, hand, X, Y, order, 0, 0, 0, loss_code, tiny,
+            *buffers[0][:4]))
         update = kernels.ready("_update_op", y.dtype, lambda: _scratch_update(y.dtype))
         pool = _thread_pool(parts - 1)
         n_correct = 0
         for s in range(step_costs.shape[0]):
             def part(p, start=s * rows):
-                return run_part(params, a, delta, y, codes, X, Y, order, start, bounds[p],
+                return run_part(params, a, delta, y, codes, hand, X, Y, order, start, bounds[p],
                                 bounds[p + 1], loss_code, tiny, *buffers[p][:4])
             others = [pool.submit(part, p) for p in range(1, parts)]
             results = [part(0)] + [f.result() for f in others]
@@ -275,6 +296,17 @@ def _typed(arrays, like=None):
     for array in arrays:
         out.append(array)
     return out
+
+
+def _time_forward(rows, k, n, dtype, kernel, reps):
+    """Seconds of `reps` forward GEMMs (rows, k) @ (n, k).T by `kernel`
+    ("hand" or "BLAS") on random data (autotune.kernel_choice's run)."""
+    rng = np.random.default_rng(0)
+    x, W = rng.random((rows, k)).astype(dtype), rng.random((n, k)).astype(dtype)
+    z = np.empty((rows, n), dtype)
+    t0 = time.perf_counter()
+    kernels._time_forward(x, W, z, kernel == "hand", reps)
+    return time.perf_counter() - t0
 
 
 def _scratch_update(dtype):

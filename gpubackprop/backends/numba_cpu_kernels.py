@@ -1,9 +1,13 @@
 """The compiled kernels of backend="numba" on the CPU (numba_cpu.py).
 
 GEMMs in compiled code are `np.dot(a, b, out)`, which Numba runs on SciPy's
-BLAS, except a small step's forward GEMM (`_matmul_nt`, under SMALL_GEMM
-multiply-adds), where BLAS's per-call set-up dominates; hand-written weight
-gradients lost to BLAS at every size measured (RESULTS.md).
+BLAS.  A small forward GEMM (under SMALL_GEMM multiply-adds) may run
+`_matmul_nt` instead: where BLAS's per-call set-up dominates (an AMD EPYC: 9.7
+us against 27 at Nielsen's 10 x 784 x 30) it wins, where BLAS has a kernel for
+small shapes (an AVX-512 Xeon: 5.4 us against 9.3) it loses, so the backend
+times both per shape once per machine (autotune.kernel_choice) and passes the
+choice in (`hand`, one flag per layer).  Hand-written weight gradients lost
+to BLAS at every size measured (RESULTS.md).
 The element-wise loops are written so LLVM vectorises them (2-D indexing with
 loop invariants in locals: row views cost an atomic reference count each)
 and inlined into the epoch.  A step runs block by block of COLUMN_BLOCK rows
@@ -41,9 +45,9 @@ _CROSS_ENTROPY = Loss.CODES["cross_entropy"]     # the other costs are squared e
 NOTICE = "compiling the CPU kernels, first run only ..."
 #: rows per block of a column sum (see _column_sum)
 COLUMN_BLOCK = 1024
-#: forward GEMMs of fewer multiply-adds (batch x n_in x n_out) run _matmul_nt,
-#: the rest BLAS: at Nielsen's 10 x 784 x 30 it takes 9.7 us, SciPy's BLAS
-#: through np.dot 27 us; BLAS wins from about 64 x 784 x 30 (bench/RESULTS.md)
+#: forward GEMMs of fewer multiply-adds (batch x n_in x n_out) may run
+#: _matmul_nt (measured per shape); BLAS runs the rest: on the machines
+#: measured it wins from about 64 x 784 x 30 (bench/RESULTS.md)
 SMALL_GEMM = 2 ** 20
 
 # Set by use_table for the activation table in use: its scalar dispatchers
@@ -78,13 +82,23 @@ def _softmax_rows(z, a):
             a[i, j] /= total
 
 
-def _dense_forward(a_prev, W, b, code, a):
-    """a = sigma(a_prev @ W.T + b)."""
-    if a_prev.shape[0] * a_prev.shape[1] * W.shape[0] < SMALL_GEMM:
-        _matmul_nt(a_prev, W, a)                 # z = a_prev @ W.T
+def _dense_forward(a_prev, W, b, code, a, hand):
+    """a = sigma(a_prev @ W.T + b); z = a_prev @ W.T by _matmul_nt if hand."""
+    if hand:
+        _matmul_nt(a_prev, W, a)
     else:
         np.dot(a_prev, W.T, a)
     _bias_sigma(a, b, code)
+
+
+@njit(cache=True)
+def _time_forward(x, W, z, hand, reps):
+    """reps forward GEMMs z = x @ W.T, by _matmul_nt or BLAS (the measurement)."""
+    for _ in range(reps):
+        if hand:
+            _matmul_nt(x, W, z)
+        else:
+            np.dot(x, W.T, z)
 
 
 @njit(fastmath={"reassoc", "contract"})
@@ -268,10 +282,11 @@ def _sgd_update(W, b, vW, vb, dW, db, scale, lr, mu, wd, momentum):
 # deltas stay in the cache from one layer's GEMM to the next, where a
 # layer-by-layer pass over a large batch streams each array through memory
 # three times (GEMM out, bias + sigma in and out, next GEMM in).
-def _forward_cost(params, a, y, codes, X, Y, order, start, r_begin, r_end, loss_code, tiny):
+def _forward_cost(params, a, y, codes, hand, X, Y, order, start, r_begin, r_end, loss_code,
+                  tiny):
     """Rows r_begin:r_end of the batch order[start:]: gathered into a_0 and
-    y, then forward through every layer.  Returns (sum of their C0, rows
-    with argmax a == argmax y)."""
+    y, then forward through every layer (hand[l]: layer l's GEMM by
+    _matmul_nt).  Returns (sum of their C0, rows with argmax a == argmax y)."""
     L = len(codes)
     cost, correct = 0.0, 0
     for r0 in range(r_begin, r_end, COLUMN_BLOCK):
@@ -280,7 +295,7 @@ def _forward_cost(params, a, y, codes, X, Y, order, start, r_begin, r_end, loss_
         _gather(Y, order, start + r0, y[r0:r1])
         for l in range(L):
             _dense_forward(a[l][r0:r1], params[2 * l], params[2 * l + 1][0], codes[l],
-                           a[l + 1][r0:r1])
+                           a[l + 1][r0:r1], hand[l])
         block_cost, block_correct = _cost(a[L][r0:r1], y[r0:r1], loss_code, codes[L - 1], tiny)
         cost += block_cost
         correct += block_correct
@@ -316,22 +331,22 @@ def _update(params, velocities, dW, db, scale, lr, mu, wd):
         _sgd_update(W, b, vW, vb, dW[l], db[l][0], scale, lr, mu, wd, momentum)
 
 
-def _epoch(params, velocities, a, delta, dW, db, y, codes, X, Y, order, lr, mu, wd, loss_code,
-           scale, tiny, step_costs):
+def _epoch(params, velocities, a, delta, dW, db, y, codes, hand, X, Y, order, lr, mu, wd,
+           loss_code, scale, tiny, step_costs):
     """The SGD steps over the batches order[0:B], order[B:2B], ... with B =
     len(y) rows each (len(order) is a multiple of B; `scale` is for B rows).
     params = [W_1, b_1 (1, n_1), W_2, ...] and velocities (the same, or
     empty) are updated in place; a (a_0..a_L), delta, dW, db (1, n) and y are
-    the buffers.  step_costs[s] = step s's sum of C0; stops before the update of
-    the first step whose cost was not finite.  Returns (n_correct, bad_step,
-    _TABLE_HASH)."""
+    the buffers; hand as _forward_cost's.  step_costs[s] = step s's sum of C0;
+    stops before the update of the first step whose cost was not finite.
+    Returns (n_correct, bad_step, _TABLE_HASH)."""
     B = y.shape[0]
     n_correct, bad_step = 0, -1
     part_W = [np.empty_like(g) for g in dW]          # one block's sums
     part_b = [np.empty_like(g) for g in db]
     for s in range(step_costs.shape[0]):
-        cost, correct = _forward_cost(params, a, y, codes, X, Y, order, s * B, 0, B, loss_code,
-                                      tiny)
+        cost, correct = _forward_cost(params, a, y, codes, hand, X, Y, order, s * B, 0, B,
+                                      loss_code, tiny)
         step_costs[s] = cost
         if not math.isfinite(cost):
             bad_step = s
@@ -344,12 +359,12 @@ def _epoch(params, velocities, a, delta, dW, db, y, codes, X, Y, order, lr, mu, 
 
 # -- one step split over threads: each runs a part of the rows (_part_op, the
 #    GIL released), then one adds the parts' gradients and updates ------------------
-def _part_op(params, a, delta, y, codes, X, Y, order, start, r_begin, r_end, loss_code, tiny,
-             dW, db, part_W, part_b):
+def _part_op(params, a, delta, y, codes, hand, X, Y, order, start, r_begin, r_end, loss_code,
+             tiny, dW, db, part_W, part_b):
     """Rows r_begin:r_end of the step whose batch is order[start:]: forward,
     cost and (if the cost is finite) their gradient sums into dW, db."""
-    cost, correct = _forward_cost(params, a, y, codes, X, Y, order, start, r_begin, r_end,
-                                  loss_code, tiny)
+    cost, correct = _forward_cost(params, a, y, codes, hand, X, Y, order, start, r_begin,
+                                  r_end, loss_code, tiny)
     if math.isfinite(cost):
         _backward(params, a, delta, y, codes, r_begin, r_end, loss_code, dW, db, part_W, part_b)
     return cost, correct, _TABLE_HASH
