@@ -186,7 +186,7 @@ def test_the_small_forward_gemm_kernel_is_measured_once_and_recorded(record, mon
     """The compiled epoch's small forward GEMMs (under SMALL_GEMM
     multiply-adds): its own kernel or BLAS, timed once per shape, recorded,
     reused by a new process (the file), printed by `gpubackprop info`."""
-    from gpubackprop.backends import numba_cpu_kernels as kernels
+    from gpubackprop.backends import numba_cpu_blocks as blocks
 
     X, y = data(64)
     t = trainer(sizes=[24, 8, 10], batch=16)
@@ -211,7 +211,7 @@ def test_the_small_forward_gemm_kernel_is_measured_once_and_recorded(record, mon
     out = capsys.readouterr().out
     assert "kernels, measured per shape on this machine: 2 recorded" in out
     assert "numba forward GEMM 16 x 24 x 8 float32: " in out
-    assert kernels.SMALL_GEMM > 16 * 24 * 8
+    assert blocks.SMALL_GEMM > 16 * 24 * 8
 
 
 @pytest.mark.parametrize("choice", ["hand", "BLAS"])

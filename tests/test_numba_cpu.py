@@ -13,7 +13,7 @@ from reference import rel_err
 import gpubackprop as gb
 from gpubackprop import activations, losses
 from gpubackprop.backends.base import Backend, Hyper
-from gpubackprop.backends import numba_cpu_kernels as kernels
+from gpubackprop.backends import numba_cpu_blocks as blocks
 from gpubackprop.backends import numba_cpu
 from gpubackprop.backends.numba_cpu import NumbaCPUBackend
 from gpubackprop.optim import SGD
@@ -195,7 +195,7 @@ def test_the_loops_ops_match_the_numpy_reference(dtype, hidden, loss, out, monke
     against the float64 NumPy formulas; 2,100 rows, so the column sums add
     three blocks."""
     monkeypatch.setattr(numba_cpu, "COMPILED_OPS_MIN", 0)
-    sizes, B = [6, 9, 7, 4], 2 * kernels.COLUMN_BLOCK + 52
+    sizes, B = [6, 9, 7, 4], 2 * blocks.COLUMN_BLOCK + 52
     params, X, Y, _ = problem(sizes, B, len(hidden) + len(out), dtype)
     acts, loss = (hidden, hidden, out), losses.get(loss)
     be, ref = NumbaCPUBackend(CPU), Backend(CPU)
@@ -246,7 +246,7 @@ def test_the_ops_give_the_same_bits_with_or_without_buffers(compiled_from, monke
 def test_an_epoch_over_column_blocks_matches_the_loop():
     """A batch of more than COLUMN_BLOCK rows: the compiled epoch's blocked
     column sums against the float64 loop."""
-    B = kernels.COLUMN_BLOCK + 77
+    B = blocks.COLUMN_BLOCK + 77
     params, X, Y, order = problem([5, 6, 3], 2 * B + 9, 3, np.float32)
     hyper = Hyper(("relu", "softmax"), losses.get("cross_entropy"), B, 0.3, momentum=0.5)
     p, costs, _, _ = fused(params, X, Y, order, hyper)
@@ -254,7 +254,7 @@ def test_an_epoch_over_column_blocks_matches_the_loop():
     assert params_err(p, ref) <= 1e-5 and rel_err(costs, ref_costs) <= 1e-5
 
 
-SPLIT_B = 3 * kernels.COLUMN_BLOCK + 77      # three parts: 1024, 1024 and 1101 rows
+SPLIT_B = 3 * blocks.COLUMN_BLOCK + 77      # three parts: 1024, 1024 and 1101 rows
 
 
 def split_problem(dtype, lr=0.3):
@@ -271,7 +271,7 @@ def test_a_step_split_over_threads_matches_the_loop(dtype):
     step (9 rows) runs whole.  Against the float64 loop and one thread."""
     params, X, Y, order, hyper = split_problem(dtype)
     split = NumbaCPUBackend(CPU, threads=3)
-    assert split._parts(SPLIT_B) == 3 and split._parts(2 * kernels.COLUMN_BLOCK - 1) == 1
+    assert split._parts(SPLIT_B) == 3 and split._parts(2 * blocks.COLUMN_BLOCK - 1) == 1
     p, costs, correct, bad = fused(params, X, Y, order, hyper, split)
     ref, ref_costs, ref_correct = reference(params, X, Y, order, hyper)
     assert bad == -1 and all(W.dtype == dtype for W, _ in p)
@@ -303,7 +303,7 @@ def test_split_steps_have_the_same_bits_whichever_part_finishes_first(monkeypatc
 def test_split_steps_stop_before_the_bad_step():
     """A non-finite cost in any part of the second step: no update from it."""
     params, X, Y, order, hyper = split_problem(np.float64)
-    X[order[SPLIT_B + 2 * kernels.COLUMN_BLOCK + 5]] = np.inf     # the second step's third part
+    X[order[SPLIT_B + 2 * blocks.COLUMN_BLOCK + 5]] = np.inf     # the second step's third part
     split = NumbaCPUBackend(CPU, threads=3)
     p, costs, _, bad = fused(params, X, Y, order, hyper, split)
     assert bad == 1 and np.isfinite(costs[0]) and not np.isfinite(costs[1])
@@ -320,6 +320,16 @@ def test_the_small_step_gemm_matches_numpy(dtype, B, K, N):
     rng = np.random.default_rng(B * K * N)
     x, W = rng.normal(size=(B, K)).astype(dtype), rng.normal(size=(N, K)).astype(dtype)
     z = np.full((B, N), np.nan, dtype)
-    kernels._matmul_nt(x, W, z)
-    assert B * K * N < kernels.SMALL_GEMM
+    blocks._matmul_nt(x, W, z)
+    assert B * K * N < blocks.SMALL_GEMM
     assert rel_err(z, x.astype(np.float64) @ W.T.astype(np.float64)) <= TOL[dtype]
+
+
+def test_a_cached_epoch_knows_the_table_and_the_blocks_it_was_built_from():
+    """The compiled code returns _TABLE_HASH; it names the activation table
+    and numba_cpu_blocks.py's source, so an edit of either is recompiled."""
+    from gpubackprop.backends import numba_cpu_kernels as kernels
+
+    kernels.use_table()
+    assert kernels._TABLE_HASH == activations.fingerprint() ^ blocks.SOURCE_HASH
+    assert blocks.SOURCE_HASH and activations.fingerprint() != kernels._TABLE_HASH

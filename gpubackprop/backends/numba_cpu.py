@@ -38,7 +38,7 @@ from numba.typed import List
 
 from .. import activations, autotune
 from ..checks import positive_int
-from . import numba_cpu_kernels as kernels
+from . import numba_cpu_blocks as blocks, numba_cpu_kernels as kernels
 from .base import Backend
 
 NOTICE = kernels.NOTICE
@@ -180,7 +180,7 @@ class NumbaCPUBackend(Backend):
             parts = self._parts(rows)
             run = self._steps if parts == 1 else self._split_steps
             with self._blas_threads(self.threads if parts == 1 else 1):
-                hand = self._hand_gemms(sizes, min(rows, kernels.COLUMN_BLOCK), dtype)
+                hand = self._hand_gemms(sizes, min(rows, blocks.COLUMN_BLOCK), dtype)
                 correct, bad_step = run(lists, ws.y[:rows], codes, hand, X, Y,
                                         order[first:stop], consts,
                                         step_costs[first // bs:-(-stop // bs)], parts)
@@ -194,7 +194,7 @@ class NumbaCPUBackend(Backend):
         COLUMN_BLOCK rows per thread (threads=, else every usable core)."""
         threads = self.threads or (len(os.sched_getaffinity(0))
                                    if hasattr(os, "sched_getaffinity") else os.cpu_count())
-        return max(1, min(threads, rows // kernels.COLUMN_BLOCK))
+        return max(1, min(threads, rows // blocks.COLUMN_BLOCK))
 
     def _hand_gemms(self, sizes, rows, dtype):
         """Per layer, 1 where the forward GEMM of a block of `rows` rows runs
@@ -205,7 +205,7 @@ class NumbaCPUBackend(Backend):
         known = self.__dict__.setdefault("_hand", {})
         if key not in known:
             known[key] = np.array([
-                rows * k * n < kernels.SMALL_GEMM and autotune.kernel_choice(
+                rows * k * n < blocks.SMALL_GEMM and autotune.kernel_choice(
                     "forward GEMM", {"backend": self.name, "shape": [rows, k, n],
                                      "dtype": str(dtype)},
                     functools.partial(_time_forward, rows, k, n, dtype), ("hand", "BLAS"))
@@ -227,8 +227,8 @@ class NumbaCPUBackend(Backend):
         added in part order, so the bits do not depend on which finishes first."""
         params, velocities, a, delta, dW, db = lists
         lr, mu, wd, loss_code, scale, tiny = consts
-        rows, blocks = y.shape[0], y.shape[0] // kernels.COLUMN_BLOCK
-        bounds = [p * blocks // parts * kernels.COLUMN_BLOCK for p in range(parts)] + [rows]
+        rows, block = y.shape[0], blocks.COLUMN_BLOCK
+        bounds = [p * (rows // block) // parts * block for p in range(parts)] + [rows]
         buffers = self._part_buffers(dW, db, parts)
         run_part = kernels.ready("_part_op", (numba.typeof(X), numba.typeof(Y)), lambda: (
             params, a, delta, y, codes, hand, X, Y, order, 0, 0, 0, loss_code, tiny,
@@ -305,7 +305,7 @@ def _time_forward(rows, k, n, dtype, kernel, reps):
     x, W = rng.random((rows, k)).astype(dtype), rng.random((n, k)).astype(dtype)
     z = np.empty((rows, n), dtype)
     t0 = time.perf_counter()
-    kernels._time_forward(x, W, z, kernel == "hand", reps)
+    blocks._time_forward(x, W, z, kernel == "hand", reps)
     return time.perf_counter() - t0
 
 

@@ -1,0 +1,186 @@
+"""The building blocks of the compiled CPU step that do not depend on the
+activation table (numba_cpu_kernels.py builds the epoch from them): the
+gather, the small forward GEMM, the cost, the gradient sums and the SGD
+update.  All are inlined into the kernels that call them.
+
+The epoch's cache entries are checked against SOURCE_HASH (numba notices an
+edit of the file that holds a cached function, not of the files it calls).
+"""
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+
+from .. import activations
+from ..losses import Loss
+
+SOFTMAX, IDENTITY = activations.CODES["softmax"], activations.CODES["identity"]
+CROSS_ENTROPY = Loss.CODES["cross_entropy"]     # the other costs are squared errors
+#: a step runs in blocks of this many rows (numba_cpu_kernels.py), and a
+#: column sum adds rows in order within blocks of it (_column_sum)
+COLUMN_BLOCK = 1024
+#: forward GEMMs of fewer multiply-adds (batch x n_in x n_out) may run
+#: _matmul_nt (measured per shape); BLAS runs the rest: on the machines
+#: measured it wins from about 64 x 784 x 30 (bench/RESULTS.md)
+SMALL_GEMM = 2 ** 20
+#: this file's text, hashed: the compiled epoch returns it with the table's
+SOURCE_HASH = int.from_bytes(hashlib.sha256(Path(__file__).read_bytes()).digest()[:7], "little")
+
+
+@njit(inline="always")
+def _gather(X, order, start, out):
+    """out[i] = X[order[start + i]]: the batch's rows."""
+    for i in range(out.shape[0]):
+        r = order[start + i]                     # (loop invariants in locals: the
+        for k in range(out.shape[1]):            #  inner loops vectorise)
+            out[i, k] = X[r, k]
+
+
+@njit(inline="always")
+def _softmax_rows(z, a):
+    """a = e^(z - max) / sum e^(z - max), row by row (a may be z)."""
+    for i in range(z.shape[0]):
+        m = z[i, 0]
+        for j in range(z.shape[1]):
+            m = max(m, z[i, j])
+        total = 0.0
+        for j in range(z.shape[1]):
+            a[i, j] = math.exp(z[i, j] - m)
+            total += a[i, j]
+        for j in range(z.shape[1]):
+            a[i, j] /= total
+
+
+@njit(cache=True)
+def _time_forward(x, W, z, hand, reps):
+    """reps forward GEMMs z = x @ W.T, by _matmul_nt or BLAS (the measurement)."""
+    for _ in range(reps):
+        if hand:
+            _matmul_nt(x, W, z)
+        else:
+            np.dot(x, W.T, z)
+
+
+@njit(fastmath={"reassoc", "contract"})
+def _matmul_nt(x, W, z):
+    """z = x @ W.T for a small step: z[i, j] is the dot product of the rows
+    x[i] and W[j] (contiguous), computed two rows by two (each row loaded
+    once per pair) and vectorised over k (reassoc lets LLVM split each sum
+    over vector lanes).  An odd last row or column repeats its neighbour's."""
+    B, K = x.shape
+    N = W.shape[0]
+    for i in range(0, B, 2):
+        i1 = min(i + 1, B - 1)
+        for j in range(0, N, 2):
+            j1 = min(j + 1, N - 1)
+            c00, c01 = x[i, 0] * W[j, 0], x[i, 0] * W[j1, 0]
+            c10, c11 = x[i1, 0] * W[j, 0], x[i1, 0] * W[j1, 0]
+            for k in range(1, K):
+                c00 += x[i, k] * W[j, k]
+                c01 += x[i, k] * W[j1, k]
+                c10 += x[i1, k] * W[j, k]
+                c11 += x[i1, k] * W[j1, k]
+            z[i, j], z[i, j1], z[i1, j], z[i1, j1] = c00, c01, c10, c11
+
+
+@njit(inline="always")
+def _cost(a, y, loss_code, code, tiny):
+    """(sum over the rows of C0, rows with argmax a == argmax y), as losses.Loss."""
+    total, correct = 0.0, 0
+    for i in range(a.shape[0]):
+        ia = iy = 0                              # argmax, first maximum wins
+        for j in range(a.shape[1]):
+            ia = j if a[i, j] > a[i, ia] else ia
+            iy = j if y[i, j] > y[i, iy] else iy
+        correct += ia == iy
+        if loss_code != CROSS_ENTROPY:
+            for j in range(a.shape[1]):
+                total += (a[i, j] - y[i, j]) ** 2
+        elif code == SOFTMAX:
+            for j in range(a.shape[1]):
+                total -= y[i, j] * math.log(max(a[i, j], tiny))
+        else:                                    # identity logits: stable log softmax
+            m, lse = a[i, ia], 0.0
+            for j in range(a.shape[1]):
+                lse += math.exp(a[i, j] - m)
+            for j in range(a.shape[1]):
+                total -= y[i, j] * (a[i, j] - m - math.log(lse))
+    return total, correct
+
+
+@njit(inline="always")
+def _column_sum(delta, db):
+    """db[j] = sum_i delta[i, j]: rows in order within blocks of COLUMN_BLOCK
+    rows, then the blocks' sums in order.  Row order reads delta once; the
+    blocks keep a float32 sum's error growing with the block, not the batch."""
+    B, n = delta.shape
+    for j in range(n):
+        db[j] = delta[0, j] if B else 0
+    for i in range(1, min(B, COLUMN_BLOCK)):
+        for j in range(n):
+            db[j] += delta[i, j]
+    part = np.empty(n if B > COLUMN_BLOCK else 0, delta.dtype)
+    for start in range(COLUMN_BLOCK, B, COLUMN_BLOCK):
+        for j in range(n):
+            part[j] = delta[start, j]
+        for i in range(start + 1, min(B, start + COLUMN_BLOCK)):
+            for j in range(n):
+                part[j] += delta[i, j]
+        for j in range(n):
+            db[j] += part[j]
+
+
+@njit(inline="always")
+def _add_gradient(delta, a_prev, dW, db, part_W, part_b, first):
+    """dW (+)= delta.T @ a_prev, db (+)= delta.sum(0) for one block of at
+    most COLUMN_BLOCK rows (first: the first block, which sets them; the
+    others add their sums, in the order _column_sum adds its blocks')."""
+    if first:
+        np.dot(delta.T, a_prev, dW)              # sum over the rows of outer products
+        _column_sum(delta, db)
+        return
+    np.dot(delta.T, a_prev, part_W)
+    _column_sum(delta, part_b)
+    _add_into(dW, db, part_W, part_b)
+
+
+@njit(inline="always")
+def _add_into(dW, db, part_W, part_b):
+    """dW += part_W; db += part_b."""
+    for j in range(dW.shape[0]):
+        for k in range(dW.shape[1]):
+            dW[j, k] += part_W[j, k]
+        db[j] += part_b[j]
+
+
+@njit(inline="always")
+def _sgd_update(W, b, vW, vb, dW, db, scale, lr, mu, wd, momentum):
+    """optim.SGD.step with (dW, db) = scale (the batch's sums), on W, b and
+    their velocities vW, vb (not used without momentum):
+    g = grad + wd p;  v = mu v + g;  p = p - lr v   (p = p - lr g without momentum).
+    wd p is added even for wd = 0: g + 0 is g, the same arithmetic as SGD.step."""
+    for j in range(W.shape[0]):
+        if momentum:
+            for k in range(W.shape[1]):
+                vW[j, k] = mu * vW[j, k] + (dW[j, k] * scale + wd * W[j, k])
+                W[j, k] = W[j, k] - lr * vW[j, k]
+        else:
+            for k in range(W.shape[1]):
+                W[j, k] = W[j, k] - lr * (dW[j, k] * scale + wd * W[j, k])
+        gb = db[j] * scale + wd * b[j]
+        if momentum:
+            vb[j] = mu * vb[j] + gb
+            gb = vb[j]
+        b[j] = b[j] - lr * gb
+
+
+@njit(inline="always")
+def _update(params, velocities, dW, db, scale, lr, mu, wd):
+    """Every layer's SGD update from the batch's gradient sums."""
+    momentum = len(velocities) > 0
+    for l in range(len(dW)):
+        W, b = params[2 * l], params[2 * l + 1][0]
+        vW, vb = (velocities[2 * l], velocities[2 * l + 1][0]) if momentum else (W, b)
+        _sgd_update(W, b, vW, vb, dW[l], db[l][0], scale, lr, mu, wd, momentum)
