@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from . import __version__, paths
+from .checks import positive_int
 from .device import to_host
 from .history import History
 from .io import check_network, is_int, is_real, load_file, remove_stale_temps, save_file
@@ -32,6 +33,25 @@ FORMAT = "gpubackprop.checkpoint"
 FORMAT_VERSION = 2
 #: the metadata entries stored as JSON strings
 _JSON_KEYS = ("config", "optimizer", "epoch", "step", "rng_state", "n_correct", "history")
+
+
+def checkpoint_options(checkpoint, checkpoint_every, resume):
+    """Trainer.fit's checkpoint arguments checked: (checkpoint_every, resume)
+    as the run uses them (TypeError/ValueError naming the argument)."""
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a file path (str or os.PathLike) or None; "
+                        f"got {type(checkpoint).__name__}")
+    if checkpoint_every is not None:
+        checkpoint_every = positive_int("checkpoint_every", checkpoint_every)
+        if checkpoint is None:
+            raise ValueError("checkpoint_every needs checkpoint=PATH, the file to write")
+    if not (isinstance(resume, str) and resume == "auto"):
+        if not isinstance(resume, (bool, np.bool_)):
+            raise TypeError(f"resume must be True, False or 'auto'; got {resume!r}")
+        resume = bool(resume)
+    if resume and checkpoint is None:
+        raise ValueError(f"resume={resume!r} needs the checkpoint path to resume from")
+    return checkpoint_every, resume
 
 
 class Checkpoint:

@@ -9,6 +9,16 @@ from .device import all_finite, import_cupy, is_cupy_array, to_host
 from .tensor import unwrap
 
 
+def rows(X):
+    """The number of rows of an array-like, or None if it has none (before
+    any check: the checks then say what is wrong with it)."""
+    X = unwrap(X)
+    shape = getattr(X, "shape", None)
+    if shape is None and isinstance(X, (list, tuple)):
+        return len(X)
+    return int(shape[0]) if shape else None
+
+
 def features(X, n_in, device, dtype, argument="X"):
     """X as a (batch, n_in) array of `dtype` on `device`."""
     X = unwrap(X)

@@ -37,6 +37,17 @@ class Loss:
             return 1.0 / (batch * n_out)
         return 1.0 / batch
 
+    def metrics(self, total, correct, n, n_out, prefix=""):
+        """{prefix + "loss": the mean cost per example (per element for mse),
+        prefix + "accuracy": the fraction right (classifiers)} from the sums
+        over n examples of C0 and of the rows classified right."""
+        from .device import to_host
+
+        out = {prefix + "loss": Loss(self.name, "mean").scale(n, n_out) * float(to_host(total))}
+        if n_out > 1:
+            out[prefix + "accuracy"] = float(to_host(correct)) / n
+        return out
+
     def check_output(self, activation):
         """Cross entropy needs a softmax output, or identity logits it softmaxes."""
         if self.name == "cross_entropy" and activation not in ("softmax", "identity"):

@@ -11,15 +11,15 @@ data set is moved to the network's device once; the host reads back a few
 numbers per epoch.
 """
 import math
-import os
 import time
 
 import numpy as np
 
 from . import autotune, distributed, inputs, losses, memory
+from .divergence import Snapshot, check_marks, check_params, params_finite
 from .checks import boolean, positive_int
 from .backends.base import Hyper
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, checkpoint_options
 from .device import is_cupy_array, to_host
 from .guards import deferred_interrupt, exclusive, interrupted_message
 from .history import History, TrainingDiverged
@@ -103,7 +103,7 @@ class Trainer:
         chunk = positive_int("chunk", chunk)
         X, Y = self._data(X, Y, "evaluate")
         total, correct = self._evaluate(X, Y, chunk)
-        return _metrics(self.loss, total, correct, X.shape[0], self.net.n_out)
+        return self.loss.metrics(total, correct, X.shape[0], self.net.n_out)
 
     def _evaluate(self, X, Y, chunk=8192):
         """(sum of C0, number correct) over (X, Y), in chunks; one read-back."""
@@ -155,19 +155,7 @@ class Trainer:
         epochs = positive_int("epochs", epochs)
         self.batch_size = positive_int("batch_size", self.batch_size)   # a user may have set it
         self.optimizer.check()
-        if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
-            raise TypeError(f"checkpoint must be a file path (str or os.PathLike) or None; "
-                            f"got {type(checkpoint).__name__}")
-        if checkpoint_every is not None:
-            checkpoint_every = positive_int("checkpoint_every", checkpoint_every)
-            if checkpoint is None:
-                raise ValueError("checkpoint_every needs checkpoint=PATH, the file to write")
-        if not (isinstance(resume, str) and resume == "auto"):
-            if not isinstance(resume, (bool, np.bool_)):
-                raise TypeError(f"resume must be True, False or 'auto'; got {resume!r}")
-            resume = bool(resume)
-        if resume and checkpoint is None:
-            raise ValueError(f"resume={resume!r} needs the checkpoint path to resume from")
+        checkpoint_every, resume = checkpoint_options(checkpoint, checkpoint_every, resume)
         progress = boolean("progress", progress, allow_none=True)
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable; got {type(callback).__name__}")
@@ -187,10 +175,10 @@ class Trainer:
         except KeyboardInterrupt:
             raise KeyboardInterrupt(interrupted_message(ckpt)) from None
         except oom as exc:
-            n = _rows(X)
+            n = inputs.rows(X)
             raise memory.out_of_memory_error(
                 exc, net, min(self.batch_size, n or 1), n or 1,
-                _rows(validation[0]) if validation is not None else 0,
+                inputs.rows(validation[0]) if validation is not None else 0,
                 momentum=self.optimizer.momentum > 0) from exc
         finally:
             if ckpt is not None:
@@ -201,10 +189,10 @@ class Trainer:
 
     def _check_memory(self, X, validation):
         """Before moving data to a CUDA device: does the run fit?"""
-        n = _rows(X)
+        n = inputs.rows(X)
         if not n:
             return   # the data checks will say what is wrong with X
-        n_val = (_rows(validation[0]) or 0) if validation is not None else 0
+        n_val = (inputs.rows(validation[0]) or 0) if validation is not None else 0
         memory.check_device(self.net, min(self.batch_size, n), n, n_val,
                             momentum=self.optimizer.momentum > 0,
                             data_on_device=is_cupy_array(unwrap(X)))
@@ -221,7 +209,7 @@ class Trainer:
             val = self._data(*validation, "validation")
 
         if not (resume and ckpt is not None and ckpt.exists()) \
-                and not bool(to_host(self._params_finite())):
+                and not bool(to_host(params_finite(net))):
             raise ValueError("the network's parameters contain NaN or infinite values; "
                              "set finite ones (layer.set_params) before training")
         n, bs = X.shape[0], self.batch_size
@@ -251,7 +239,7 @@ class Trainer:
             t0 = time.perf_counter()
             rng_state = self.rng.bit_generator.state       # to replay this epoch's shuffle
             order = self._order(n)
-            snapshot = self._snapshot()
+            snapshot = Snapshot(net, self.state)
             done_costs, n_correct = partial      # steps before a resumed checkpoint
             step, marks, costs = start_step, [], []
             while step < n_steps:
@@ -266,26 +254,26 @@ class Trainer:
                 marks.append((step, out[2]))
                 bar.update(epoch * n_steps + stop)
                 if net.device.kind == "cpu":               # free to look on the CPU
-                    self._check_marks(marks, epoch, snapshot)
+                    check_marks(marks, epoch, snapshot)
                 if ckpt is not None and checkpoint_every and stop % checkpoint_every == 0 \
                         and stop < n_steps:
-                    self._check_marks(marks, epoch, snapshot)
-                    self._check_params(epoch, stop, snapshot)
+                    check_marks(marks, epoch, snapshot)
+                    check_params(net, epoch, stop, snapshot)
                     done_costs = np.concatenate([done_costs, *map(_host64, costs)])
                     costs, n_correct = [], int(to_host(n_correct))
                     comm.on_root(ckpt.save, epoch, stop, rng_state, (done_costs, n_correct))
-                    snapshot = self._snapshot()
+                    snapshot = Snapshot(net, self.state)
                 step = stop
             start_step, partial = 0, _NO_PARTIAL
             loss_sum, n_correct, ok = self._epoch_sums(done_costs, costs, n_correct)  # one sync
             if not (math.isfinite(loss_sum) and ok):
-                self._check_marks(marks, epoch, snapshot)
-                self._restore(snapshot)
+                check_marks(marks, epoch, snapshot)
+                snapshot.restore()
                 raise TrainingDiverged(epoch, n_steps - 1)
             record = {"epoch": epoch + 1,
-                      **_metrics(self.loss, loss_sum, n_correct, n, net.n_out, prefix="")}
+                      **self.loss.metrics(loss_sum, n_correct, n, net.n_out, prefix="")}
             if val is not None:
-                record.update(_metrics(self.loss, *self._evaluate(*val), val[0].shape[0],
+                record.update(self.loss.metrics(*self._evaluate(*val), val[0].shape[0],
                                        net.n_out, prefix="val_"))
             record["time"] = time.perf_counter() - t0
             self.history.append(record)
@@ -331,14 +319,14 @@ class Trainer:
 
         def run(fast_path, steps):     # on the first rows, then back to the snapshot
             order = xp.arange(steps * self.batch_size) % X.shape[0]
-            snapshot = self._snapshot()   # only when autotune measures
+            snapshot = Snapshot(self.net, self.state)   # only when autotune measures
             try:
                 with np.errstate(all="ignore"):
                     t0 = time.perf_counter()
                     self._steps(X, Y, order, fast_path)
                     return time.perf_counter() - t0
             finally:
-                self._restore(snapshot)
+                snapshot.restore()
 
         return autotune.choose(backend, hyper, X.dtype, run, self.net.backend_options)
 
@@ -367,7 +355,7 @@ class Trainer:
             if self._interrupted:           # Ctrl-C: stop at this step boundary
                 raise KeyboardInterrupt
         if comm.communicates:      # each rank saw its shard: add them up, as float64
-            step_costs, n_correct = _global_sums(comm, xp, step_costs, n_correct)
+            step_costs, n_correct = distributed.sum_over_ranks(comm, step_costs, n_correct)
         finite = xp.isfinite(step_costs)
         bad_step = xp.where(finite.all(), -1, xp.argmin(finite))
         return step_costs, n_correct, bad_step
@@ -400,25 +388,6 @@ class Trainer:
         order = self.rng.permutation(n)
         return self.net.device.asarray(order)
 
-    def _snapshot(self):
-        """Copies of the parameters and velocities, to restore after a divergence."""
-        xp = self.net.device.xp
-        params = [(xp.copy(W), xp.copy(b)) for W, b in self.net.params]
-        return params, self.state.copy()
-
-    def _restore(self, snapshot):
-        params, vel = snapshot
-        for (W, b), (W0, b0) in zip(self.net.params, params):
-            W[...] = W0
-            b[...] = b0
-        self.state.load(vel.arrays())
-
-    def _params_finite(self):
-        """A device bool: every parameter is finite."""
-        xp = self.net.device.xp
-        return xp.stack([xp.isfinite(W).all() & xp.isfinite(b).all()
-                         for W, b in self.net.params]).all()
-
     def _epoch_sums(self, done_costs, costs, n_correct):
         """(cost sum, n_correct, parameters finite) with one read-back.
 
@@ -427,42 +396,10 @@ class Trainer:
         (checkpoints, progress bar, a resumed run)."""
         xp = self.net.device.xp
         tail = xp.stack([xp.asarray(n_correct, dtype=xp.float64),
-                         self._params_finite().astype(xp.float64)])
+                         params_finite(self.net).astype(xp.float64)])
         packed = to_host(xp.concatenate([c.astype(xp.float64).ravel() for c in costs] + [tail]))
         loss_sum = math.fsum(np.concatenate([done_costs, packed[:-2]]))
         return loss_sum, float(packed[-2]), bool(packed[-1])
-
-    def _check_params(self, epoch, step, snapshot):
-        if not bool(to_host(self._params_finite())):
-            self._restore(snapshot)
-            raise TrainingDiverged(epoch, step - 1)
-
-    def _check_marks(self, marks, epoch, snapshot):
-        """Raise TrainingDiverged (after restoring `snapshot`) if a step's cost
-        was not finite; marks are (first step of a run, bad step within it)."""
-        for first, bad in marks:
-            bad = int(to_host(bad))
-            if bad >= 0:
-                self._restore(snapshot)
-                raise TrainingDiverged(epoch, first + bad)
-        marks.clear()
-
-
-def _global_sums(comm, xp, step_costs, n_correct):
-    """Every rank's per-step costs and hits summed over ranks, as float64."""
-    totals = xp.concatenate([step_costs.astype(xp.float64),
-                             xp.asarray(n_correct, dtype=xp.float64).reshape(1)])
-    comm.allreduce(totals)
-    return totals[:-1], totals[-1]
-
-
-def _rows(X):
-    """The number of rows of an array-like, or None if it has none."""
-    X = unwrap(X)
-    shape = getattr(X, "shape", None)
-    if shape is None and isinstance(X, (list, tuple)):
-        return len(X)
-    return int(shape[0]) if shape else None
 
 
 _NO_PARTIAL = (np.empty(0), 0)      # (costs of the steps done in this epoch, n_correct)
@@ -471,13 +408,3 @@ _NO_PARTIAL = (np.empty(0), 0)      # (costs of the steps done in this epoch, n_
 def _host64(costs):
     """A run's per-step costs as a float64 NumPy array."""
     return np.asarray(to_host(costs), dtype=np.float64).ravel()
-
-
-def _metrics(loss, total, correct, n, n_out, prefix=""):
-    """Mean cost per example (per element for mse) and accuracy from sums."""
-    total = float(to_host(total))
-    mean = losses.Loss(loss.name, "mean").scale(n, n_out) * total
-    out = {prefix + "loss": mean}
-    if n_out > 1:
-        out[prefix + "accuracy"] = float(to_host(correct)) / n
-    return out

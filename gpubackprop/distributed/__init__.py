@@ -24,14 +24,14 @@ import time
 from .comm import (MPI_HINT, CollectiveMismatchError, Communicator, ConfigMismatchError,
                    DesyncError, MPIComm, max_shard_rows, shard_bounds)
 from .scaling import bench_scaling
-from .training import agree_on_run, broadcast_start, check_in_sync
+from .training import agree_on_run, broadcast_start, check_in_sync, sum_over_ranks
 
 BACKENDS = (None, "local", "mpi", "nccl")
 
 __all__ = ["BACKENDS", "MPI_HINT", "CollectiveMismatchError", "Communicator",
            "ConfigMismatchError", "DesyncError", "MPIComm", "agree_on_run", "bench_scaling",
            "broadcast_start", "check_in_sync", "init", "local", "max_shard_rows",
-           "shard_bounds"]
+           "shard_bounds", "sum_over_ranks"]
 
 
 def init(backend=None, deterministic=False, debug=False, timeout=600.0):

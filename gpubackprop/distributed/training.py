@@ -4,9 +4,21 @@ Before the first collective every rank checks that it runs the same job
 (`agree_on_run`); then every rank takes rank 0's parameters, optimizer state,
 shuffling generator and history (`broadcast_start`), at the start and after
 a resume (rank 0 reads the checkpoint); after every epoch the ranks compare
-a digest of their parameters and velocities (`check_in_sync`).
+a digest of their parameters and velocities (`check_in_sync`); the loop's
+per-step costs and hits are summed over the ranks (`sum_over_ranks`).
 """
+from ..device import array_module
 from .comm import digest
+
+
+def sum_over_ranks(comm, step_costs, n_correct):
+    """Every rank's per-step costs and hits summed over the ranks, as float64
+    (one all-reduce): (step_costs, n_correct)."""
+    xp = array_module(step_costs)
+    totals = xp.concatenate([step_costs.astype(xp.float64),
+                             xp.asarray(n_correct, dtype=xp.float64).reshape(1)])
+    comm.allreduce(totals)
+    return totals[:-1], totals[-1]
 
 
 def agree_on_run(trainer, X, Y, **options):
