@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import platform
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -48,9 +49,13 @@ MEASURE_ABOVE = 2 ** 16
 RUN_SECONDS = 0.03
 #: ... and a timed run of a kernel (kernel_choice) this long
 KERNEL_RUN_SECONDS = 0.005
-#: timed runs per path, alternating: at most ROUNDS, fewer where they would
-#: take more than BUDGET seconds per path (one at the least); each path's
-#: fastest run counts (noise only adds time)
+#: seconds of rest before each block of one path's timed runs: BLAS threads
+#: the other path used spin on a core for up to ~0.2 s after it returns, and
+#: the first runs after a switch took 1.9x as long
+SWITCH_REST = 0.25
+#: timed runs per path (in blocks: _race): at most ROUNDS, fewer where they
+#: would take more than BUDGET seconds per path (one at the least); each
+#: path's fastest run counts (noise only adds time)
 ROUNDS, BUDGET = 5, 1.0
 FILE_VERSION = 1
 #: the record's sections: fast path or loop per problem; kernel per shape
@@ -171,26 +176,31 @@ def _reason(entry, source, where):
 
 def _measure(run):
     """Time both paths (_race); the entry the record keeps."""
-    times, steps, rounds = _race(run, (True, False), RUN_SECONDS)
+    times, steps, rounds = _race(run, (True, False), RUN_SECONDS, SWITCH_REST)
     seconds = {"fast path": times[True], "loop": times[False]}
     return {"fast_path": seconds["fast path"] <= seconds["loop"], "seconds": seconds,
             "steps": steps, "rounds": rounds, "date": datetime.date.today().isoformat()}
 
 
-def _race(run, candidates, run_seconds):
+def _race(run, candidates, run_seconds, rest=0.0):
     """Time each candidate: a warm-up run of one step (compiles, fills
-    caches) and a probe step (how long a step takes), then ROUNDS alternating
-    timed runs of at least run_seconds.  Returns ({candidate: its fastest
-    run's seconds per step}, steps per run, rounds)."""
+    caches) and a probe step (how long a step takes), then timed runs of at
+    least run_seconds, ROUNDS per candidate (fewer past BUDGET), in blocks
+    A A B B B A A ... (half the rounds, then the other half in reverse
+    order), each block after `rest` seconds: a switch slows the runs after
+    it while the other candidate's BLAS threads still spin on a core.  The
+    fastest run counts.  Returns ({candidate: seconds per step}, steps per
+    run, rounds)."""
     for c in candidates:
         run(c, 1)
     step = min(run(c, 1) for c in candidates)
     steps = max(1, math.ceil(run_seconds / max(step, 1e-9)))
     rounds = int(min(ROUNDS, max(1, BUDGET // (steps * step))))
     times = {c: [] for c in candidates}
-    for _ in range(rounds):
-        for c in candidates:
-            times[c].append(run(c, steps) / steps)
+    for half, block in ((rounds - rounds // 2, candidates), (rounds // 2, candidates[::-1])):
+        for c in block:
+            time.sleep(rest if half else 0)
+            times[c] += [run(c, steps) / steps for _ in range(half)]
     return {c: min(t) for c, t in times.items()}, steps, rounds
 
 
