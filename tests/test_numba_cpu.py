@@ -254,7 +254,7 @@ def test_an_epoch_over_column_blocks_matches_the_loop():
     assert params_err(p, ref) <= 1e-5 and rel_err(costs, ref_costs) <= 1e-5
 
 
-SPLIT_B = 3 * blocks.COLUMN_BLOCK + 77      # three parts: 1024, 1024 and 1101 rows
+SPLIT_B = 3 * blocks.COLUMN_BLOCK + 77      # three parts of 1049-1050 rows, two blocks each
 
 
 def split_problem(dtype, lr=0.3):
@@ -266,12 +266,12 @@ def split_problem(dtype, lr=0.3):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_a_step_split_over_threads_matches_the_loop(dtype):
-    """threads=3: each full step's rows run as three parts of whole blocks on
-    three threads, their gradient sums added in part order; the last, short
-    step (9 rows) runs whole.  Against the float64 loop and one thread."""
+    """threads=3: each full step's rows run as three parts on three threads,
+    their gradient sums added in part order; the last, short step (9 rows)
+    runs whole.  Against the float64 loop and one thread."""
     params, X, Y, order, hyper = split_problem(dtype)
     split = NumbaCPUBackend(CPU, threads=3)
-    assert split._parts(SPLIT_B) == 3 and split._parts(2 * blocks.COLUMN_BLOCK - 1) == 1
+    assert split._parts(SPLIT_B) == 3 and split._parts(2 * numba_cpu.PART_ROWS - 1) == 1
     p, costs, correct, bad = fused(params, X, Y, order, hyper, split)
     ref, ref_costs, ref_correct = reference(params, X, Y, order, hyper)
     assert bad == -1 and all(W.dtype == dtype for W, _ in p)
@@ -303,7 +303,7 @@ def test_split_steps_have_the_same_bits_whichever_part_finishes_first(monkeypatc
 def test_split_steps_stop_before_the_bad_step():
     """A non-finite cost in any part of the second step: no update from it."""
     params, X, Y, order, hyper = split_problem(np.float64)
-    X[order[SPLIT_B + 2 * blocks.COLUMN_BLOCK + 5]] = np.inf     # the second step's third part
+    X[order[SPLIT_B + 2 * SPLIT_B // 3 + 5]] = np.inf     # the second step's third part
     split = NumbaCPUBackend(CPU, threads=3)
     p, costs, _, bad = fused(params, X, Y, order, hyper, split)
     assert bad == 1 and np.isfinite(costs[0]) and not np.isfinite(costs[1])

@@ -46,6 +46,11 @@ NOTICE = kernels.NOTICE
 #: smaller ones (net.forward on a few rows, small steps of the loop) take
 #: NumPy's, which need no compiling and cost microseconds there
 COMPILED_OPS_MIN = 2 ** 16
+#: a step of at least 2 x PART_ROWS rows is shared by the threads, a part of
+#: PART_ROWS rows or more each: at [784, 256, 256, 10] a batch of 512 split
+#: in two ran 155k samples/s against 135k whole, a batch of 256 in two 117k
+#: against 127k (2-core Xeon, bench/RESULTS.md)
+PART_ROWS = 256
 
 
 def _compilable(*arrays, gemm=()):
@@ -86,8 +91,8 @@ class NumbaCPUBackend(Backend):
     """The NumPy reference ops plus train_epoch, the compiled SGD epoch.
 
     threads: threads during train_epoch (None: BLAS's own count for a step
-    under 2 x COLUMN_BLOCK rows, every usable core for a larger one, whose
-    rows are split into that many parts of whole blocks).  The count can
+    under 2 x PART_ROWS rows, every usable core for a larger one, whose rows
+    are split into that many parts).  The count can
     change the last bits (the parts' sums, wide layers' GEMMs); a run that
     must repeat bit for bit on other machines fixes it."""
 
@@ -191,10 +196,10 @@ class NumbaCPUBackend(Backend):
 
     def _parts(self, rows):
         """Threads that share each step of `rows` rows: a part of at least
-        COLUMN_BLOCK rows per thread (threads=, else every usable core)."""
+        PART_ROWS rows per thread (threads=, else every usable core)."""
         threads = self.threads or (len(os.sched_getaffinity(0))
                                    if hasattr(os, "sched_getaffinity") else os.cpu_count())
-        return max(1, min(threads, rows // blocks.COLUMN_BLOCK))
+        return max(1, min(threads, rows // PART_ROWS))
 
     def _hand_gemms(self, sizes, rows, dtype):
         """Per layer, 1 where the forward GEMM of a block of `rows` rows runs
@@ -222,13 +227,13 @@ class NumbaCPUBackend(Backend):
         return correct, bad_step
 
     def _split_steps(self, lists, y, codes, hand, X, Y, order, consts, step_costs, parts):
-        """The steps with each step's rows split into `parts` runs of whole
-        blocks, one per thread (the GIL released); their gradient sums are
-        added in part order, so the bits do not depend on which finishes first."""
+        """The steps with each step's rows split into `parts` even runs, one
+        per thread (the GIL released); their gradient sums are added in part
+        order, so the bits do not depend on which finishes first."""
         params, velocities, a, delta, dW, db = lists
         lr, mu, wd, loss_code, scale, tiny = consts
-        rows, block = y.shape[0], blocks.COLUMN_BLOCK
-        bounds = [p * (rows // block) // parts * block for p in range(parts)] + [rows]
+        rows = y.shape[0]
+        bounds = [p * rows // parts for p in range(parts + 1)]
         buffers = self._part_buffers(dW, db, parts)
         run_part = kernels.ready("_part_op", (numba.typeof(X), numba.typeof(Y)), lambda: (
             params, a, delta, y, codes, hand, X, Y, order, 0, 0, 0, loss_code, tiny,

@@ -14,7 +14,7 @@ The element-wise loops are written so LLVM vectorises them (2-D indexing with
 loop invariants in locals: row views cost an atomic reference count each)
 and inlined into the epoch.  A step runs block by block of COLUMN_BLOCK rows
 (_forward_cost, _backward), so a block's arrays stay in the cache between
-layers.  Threads share a large step by whole blocks (_part_op on each part,
+layers.  Threads share a large step by runs of rows (_part_op on each part,
 the GIL released, BLAS on one thread each; numba_cpu.py runs them), not by
 a parallel pass per array: prange passes were 2-3x slower between BLAS
 calls, whose spinning threads take the cores.
