@@ -5,6 +5,7 @@ formulas) and optim.SGD.step, in float64.  Both dtypes compile once per
 session; every case after that reuses the compiled epoch.
 """
 import concurrent.futures
+import time
 
 import numpy as np
 import pytest
@@ -333,3 +334,29 @@ def test_a_cached_epoch_knows_the_table_and_the_blocks_it_was_built_from():
     kernels.use_table()
     assert kernels._TABLE_HASH == activations.fingerprint() ^ blocks.SOURCE_HASH
     assert blocks.SOURCE_HASH and activations.fingerprint() != kernels._TABLE_HASH
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_split_steps_run_in_a_forked_child():
+    """The parts' thread pool is made anew in a child forked after a split
+    step (its threads are not copied by fork): the child's epoch finishes."""
+    import os
+
+    params, X, Y, order, hyper = split_problem(np.float64)
+    before = fused(params, X, Y, order, hyper, NumbaCPUBackend(CPU, threads=2))
+    pid = os.fork()
+    if pid == 0:                                   # the child: exit 0 if the bits agree
+        try:
+            again = fused(params, X, Y, order, hyper, NumbaCPUBackend(CPU, threads=2))
+            same = all(np.array_equal(W, W0) for (W, _), (W0, _) in zip(before[0], again[0]))
+            os._exit(0 if same else 1)
+        except BaseException:
+            os._exit(2)
+    deadline = time.monotonic() + 60              # a child stuck on a dead pool: killed
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's split epoch did not finish in 60 s")
+    assert os.waitstatus_to_exitcode(done[1]) == 0

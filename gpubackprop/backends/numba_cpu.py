@@ -246,7 +246,10 @@ class NumbaCPUBackend(Backend):
                 return run_part(params, a, delta, y, codes, hand, X, Y, order, start, bounds[p],
                                 bounds[p + 1], loss_code, tiny, *buffers[p][:4])
             others = [pool.submit(part, p) for p in range(1, parts)]
-            results = [part(0)] + [f.result() for f in others]
+            try:
+                results = [part(0)] + [f.result() for f in others]
+            finally:                 # on an error too: no part still writing the buffers
+                concurrent.futures.wait(others)
             step_costs[s] = sum(cost for cost, _, _ in results)
             if not math.isfinite(step_costs[s]):
                 return n_correct, s
@@ -323,6 +326,8 @@ def _scratch_update(dtype):
 
 
 _pools = {}
+if hasattr(os, "register_at_fork"):     # a forked child has none of the pools' threads
+    os.register_at_fork(after_in_child=_pools.clear)
 
 
 def _thread_pool(workers):
