@@ -5,6 +5,7 @@ formulas) and optim.SGD.step, in float64.  Both dtypes compile once per
 session; every case after that reuses the compiled epoch.
 """
 import concurrent.futures
+import dataclasses
 import time
 
 import numpy as np
@@ -299,6 +300,18 @@ def test_split_steps_have_the_same_bits_whichever_part_finishes_first(monkeypatc
     assert all(np.array_equal(W, W0) and np.array_equal(b, b0)
                for (W, b), (W0, b0) in zip(first[0], again[0]))
     assert np.array_equal(first[1], again[1]) and first[2] == again[2]
+
+
+def test_split_steps_after_another_batch_size_use_this_runs_buffers():
+    """The same backend trains batch 3,149 after batch 2,100 (another
+    workspace, the same layer shapes): the bits of a fresh backend's run."""
+    params, X, Y, order, hyper = split_problem(np.float32)
+    split = NumbaCPUBackend(CPU, threads=3)
+    fused(params, X, Y, order, dataclasses.replace(hyper, batch_size=2100), split)
+    again = fused(params, X, Y, order, hyper, split)
+    fresh = fused(params, X, Y, order, hyper, NumbaCPUBackend(CPU, threads=3))
+    assert all(np.array_equal(W, W0) and np.array_equal(b, b0)
+               for (W, b), (W0, b0) in zip(again[0], fresh[0]))
 
 
 def test_split_steps_stop_before_the_bad_step():

@@ -258,21 +258,24 @@ class NumbaCPUBackend(Backend):
         return n_correct, -1
 
     def _part_buffers(self, dW, db, parts):
-        """Per part (dW, db, block scratch dW, db) typed Lists (part 0 sums
-        into dW, db), then (the other parts' dW, db) flattened for _update_op."""
+        """Per part (dW, db, block scratch dW, db) typed Lists, part 0 summing
+        into the workspace's dW, db (this call's), then the other parts' dW,
+        db flattened for _update_op.  The other parts' arrays are made once
+        per shape."""
         key = (tuple(g.shape for g in dW), dW[0].dtype, parts)
         if self.__dict__.get("_parts_key") != key:
             like = [*dW, *db]
-            L = len(dW)
 
             def fresh():
-                return _typed([np.empty_like(g) for g in like[:L]]), \
-                    _typed([np.empty_like(g) for g in like[L:]])
-            per_part = [(dW, db, *fresh())] + [(*fresh(), *fresh()) for _ in range(1, parts)]
-            more = (_typed([g for part in per_part[1:] for g in part[0]], like[0]),
-                    _typed([g for part in per_part[1:] for g in part[1]], like[0]))
-            self._parts_key, self._parts_buffers = key, per_part + [more]
-        return self._parts_buffers
+                return _typed([np.empty_like(g) for g in like[:len(dW)]]), \
+                    _typed([np.empty_like(g) for g in like[len(dW):]])
+            own = [fresh() for _ in range(parts)] + [fresh() for _ in range(1, parts)]
+            more = (_typed([g for sums, _ in own[parts:] for g in sums], like[0]),
+                    _typed([g for _, sums in own[parts:] for g in sums], like[0]))
+            self._parts_key, self._parts_own = key, (own, more)
+        own, more = self._parts_own
+        sums = [(dW, db)] + own[parts:]
+        return [(*sums[p], *own[p]) for p in range(parts)] + [more]
 
     @staticmethod
     def _lists(params, state, ws, rows):
