@@ -84,3 +84,29 @@ def test_backend_selection_on_cpu():
         gb.MLP.from_sizes([2, 2], backend="cupy")
     with pytest.raises(TypeError, match="backend_options"):
         gb.MLP.from_sizes([2, 2], backend="numpy", backend_options={"tf32": True})
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("layout", ["C", "F", "strided"])
+def test_all_finite_finds_every_nan_and_inf(dtype, layout):
+    """all_finite: NaN, +inf or -inf at any place is found, whichever check
+    runs (x.x for C-contiguous float32/64, entry by entry otherwise);
+    finite entries whose squares overflow still count as finite."""
+    from gpubackprop.device import all_finite
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(37, 11)).astype(dtype)
+    view = {"C": lambda a: a, "F": np.asfortranarray, "strided": lambda a: a[::2]}[layout]
+    assert all_finite(view(base))
+    big = np.finfo(dtype).max / 2
+    huge = base.copy()
+    huge[3, 4], huge[-1, -1] = big, -big            # x.x overflows: finite all the same
+    assert all_finite(view(huge))
+    for bad in (np.nan, np.inf, -np.inf):
+        for i, j in ((0, 0), (17, 5), (36, 10)):
+            X = huge.copy() if bad == np.nan else base.copy()
+            X[i, j] = bad
+            if layout == "strided" and i % 2:
+                continue                              # not in the view
+            assert not all_finite(view(X)), (bad, i, j)
+    assert all_finite(np.empty((0, 3), dtype))
