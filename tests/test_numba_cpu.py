@@ -314,6 +314,19 @@ def test_split_steps_after_another_batch_size_use_this_runs_buffers():
                for (W, b), (W0, b0) in zip(again[0], fresh[0]))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_wide_layers_run_whole_parts_with_the_loop_numbers(threads):
+    """A layer of 300 float32 inputs: a block of 1,024 rows would not fit
+    BLOCK_BYTES, so each part runs whole (its column sums in blocks of
+    COLUMN_BLOCK all the same); against the float64 loop."""
+    assert 300 * blocks.COLUMN_BLOCK * 4 > numba_cpu.BLOCK_BYTES
+    params, X, Y, order = problem([300, 7, 3], 2 * 1101 + 9, 5, np.float32)
+    hyper = Hyper(("relu", "softmax"), losses.get("cross_entropy"), 1101, 0.2, momentum=0.5)
+    p, costs, _, bad = fused(params, X, Y, order, hyper, NumbaCPUBackend(CPU, threads=threads))
+    ref, ref_costs, _ = reference(params, X, Y, order, hyper)
+    assert bad == -1 and params_err(p, ref) <= 1e-5 and rel_err(costs, ref_costs) <= 1e-5
+
+
 def test_split_steps_stop_before_the_bad_step():
     """A non-finite cost in any part of the second step: no update from it."""
     params, X, Y, order, hyper = split_problem(np.float64)

@@ -18,8 +18,8 @@ from ..losses import Loss
 
 SOFTMAX, IDENTITY = activations.CODES["softmax"], activations.CODES["identity"]
 CROSS_ENTROPY = Loss.CODES["cross_entropy"]     # the other costs are squared errors
-#: a step runs in blocks of this many rows (numba_cpu_kernels.py), and a
-#: column sum adds rows in order within blocks of it (_column_sum)
+#: a column sum adds rows in order within blocks of this many (_column_sum);
+#: a narrow network's step runs in blocks of it (numba_cpu.py)
 COLUMN_BLOCK = 1024
 #: forward GEMMs of fewer multiply-adds (batch x n_in x n_out) may run
 #: _matmul_nt (measured per shape); BLAS runs the rest: on the machines
@@ -134,9 +134,8 @@ def _column_sum(delta, db):
 
 @njit(inline="always")
 def _add_gradient(delta, a_prev, dW, db, part_W, part_b, first):
-    """dW (+)= delta.T @ a_prev, db (+)= delta.sum(0) for one block of at
-    most COLUMN_BLOCK rows (first: the first block, which sets them; the
-    others add their sums, in the order _column_sum adds its blocks')."""
+    """dW (+)= delta.T @ a_prev, db (+)= delta.sum(0) for one block of rows
+    (first: the first block, which sets them; the others add their sums)."""
     if first:
         np.dot(delta.T, a_prev, dW)              # sum over the rows of outer products
         _column_sum(delta, db)

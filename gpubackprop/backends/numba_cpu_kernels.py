@@ -12,9 +12,9 @@ choice in (`hand`, one flag per layer).  Hand-written weight gradients lost
 to BLAS at every size measured (RESULTS.md).
 The element-wise loops are written so LLVM vectorises them (2-D indexing with
 loop invariants in locals: row views cost an atomic reference count each)
-and inlined into the epoch.  A step runs block by block of COLUMN_BLOCK rows
-(_forward_cost, _backward), so a block's arrays stay in the cache between
-layers.  Threads share a large step by runs of rows (_part_op on each part,
+and inlined into the epoch.  A step runs block by block of rows
+(_forward_cost, _backward; numba_cpu.py picks the size), so a narrow
+network's blocks stay in the cache between layers.  Threads share a large step by runs of rows (_part_op on each part,
 the GIL released, BLAS on one thread each; numba_cpu.py runs them), not by
 a parallel pass per array: prange passes were 2-3x slower between BLAS
 calls, whose spinning threads take the cores.
@@ -41,7 +41,7 @@ from numba import njit
 
 from .. import activations
 from . import numba_cpu_blocks as blocks
-from .numba_cpu_blocks import (COLUMN_BLOCK, CROSS_ENTROPY as _CROSS_ENTROPY,
+from .numba_cpu_blocks import (CROSS_ENTROPY as _CROSS_ENTROPY,
                                IDENTITY as _IDENTITY, SOFTMAX as _SOFTMAX, _add_gradient,
                                _add_into, _column_sum, _cost, _gather, _matmul_nt,
                                _softmax_rows, _update)
@@ -128,22 +128,22 @@ def _output_delta(a, y, loss_code, code, delta):
         _times_dsigma(delta, a, code)
 
 
-# A step's rows run in blocks of COLUMN_BLOCK, each block through every layer
+# A step's rows run in blocks of `block` rows, each block through every layer
 # before the next block (forward, then backward): a block's activations and
 # deltas stay in the cache from one layer's GEMM to the next, where a
 # layer-by-layer pass over a large batch streams each array through memory
 # three times (GEMM out, bias + sigma in and out, next GEMM in).
 
 
-def _forward_cost(params, a, y, codes, hand, X, Y, order, start, r_begin, r_end, loss_code,
-                  tiny):
+def _forward_cost(params, a, y, codes, hand, X, Y, order, start, r_begin, r_end, block,
+                  loss_code, tiny):
     """Rows r_begin:r_end of the batch order[start:]: gathered into a_0 and
     y, then forward through every layer (hand[l]: layer l's GEMM by
     _matmul_nt).  Returns (sum of their C0, rows with argmax a == argmax y)."""
     L = len(codes)
     cost, correct = 0.0, 0
-    for r0 in range(r_begin, r_end, COLUMN_BLOCK):
-        r1 = min(r_end, r0 + COLUMN_BLOCK)
+    for r0 in range(r_begin, r_end, block):
+        r1 = min(r_end, r0 + block)
         _gather(X, order, start + r0, a[0][r0:r1])
         _gather(Y, order, start + r0, y[r0:r1])
         for l in range(L):
@@ -155,13 +155,14 @@ def _forward_cost(params, a, y, codes, hand, X, Y, order, start, r_begin, r_end,
     return cost, correct
 
 
-def _backward(params, a, delta, y, codes, r_begin, r_end, loss_code, dW, db, part_W, part_b):
+def _backward(params, a, delta, y, codes, r_begin, r_end, block, loss_code, dW, db, part_W,
+              part_b):
     """The gradient sums of rows r_begin:r_end, dW_l = delta_l.T @ a_{l-1}
     and db_l = delta_l.sum(0), block by block; a block's deltas go to rows
     r_begin.. of the delta buffers (scratch, reused by the next block)."""
     L = len(codes)
-    for r0 in range(r_begin, r_end, COLUMN_BLOCK):
-        r1 = min(r_end, r0 + COLUMN_BLOCK)
+    for r0 in range(r_begin, r_end, block):
+        r1 = min(r_end, r0 + block)
         d = delta[L - 1][r_begin:r_begin + r1 - r0]
         _output_delta(a[L][r0:r1], y[r0:r1], loss_code, codes[L - 1], d)
         for l in range(L - 1, -1, -1):
@@ -174,13 +175,13 @@ def _backward(params, a, delta, y, codes, r_begin, r_end, loss_code, dW, db, par
                 d = d_prev
 
 
-def _epoch(params, velocities, a, delta, dW, db, y, codes, hand, X, Y, order, lr, mu, wd,
-           loss_code, scale, tiny, step_costs):
+def _epoch(params, velocities, a, delta, dW, db, y, codes, hand, block, X, Y, order, lr, mu,
+           wd, loss_code, scale, tiny, step_costs):
     """The SGD steps over the batches order[0:B], order[B:2B], ... with B =
     len(y) rows each (len(order) is a multiple of B; `scale` is for B rows).
     params = [W_1, b_1 (1, n_1), W_2, ...] and velocities (the same, or
     empty) are updated in place; a (a_0..a_L), delta, dW, db (1, n) and y are
-    the buffers; hand as _forward_cost's.  step_costs[s] = step s's sum of C0;
+    the buffers; hand and block as _forward_cost's.  step_costs[s] = step s's sum of C0;
     stops before the update of the first step whose cost was not finite.
     Returns (n_correct, bad_step, _TABLE_HASH)."""
     B = y.shape[0]
@@ -189,27 +190,28 @@ def _epoch(params, velocities, a, delta, dW, db, y, codes, hand, X, Y, order, lr
     part_b = [np.empty_like(g) for g in db]
     for s in range(step_costs.shape[0]):
         cost, correct = _forward_cost(params, a, y, codes, hand, X, Y, order, s * B, 0, B,
-                                      loss_code, tiny)
+                                      block, loss_code, tiny)
         step_costs[s] = cost
         if not math.isfinite(cost):
             bad_step = s
             break
         n_correct += correct
-        _backward(params, a, delta, y, codes, 0, B, loss_code, dW, db, part_W, part_b)
+        _backward(params, a, delta, y, codes, 0, B, block, loss_code, dW, db, part_W, part_b)
         _update(params, velocities, dW, db, scale, lr, mu, wd)
     return n_correct, bad_step, _TABLE_HASH
 
 
 # -- one step split over threads: each runs a part of the rows (_part_op, the
 #    GIL released), then one adds the parts' gradients and updates ------------------
-def _part_op(params, a, delta, y, codes, hand, X, Y, order, start, r_begin, r_end, loss_code,
-             tiny, dW, db, part_W, part_b):
+def _part_op(params, a, delta, y, codes, hand, X, Y, order, start, r_begin, r_end, block,
+             loss_code, tiny, dW, db, part_W, part_b):
     """Rows r_begin:r_end of the step whose batch is order[start:]: forward,
     cost and (if the cost is finite) their gradient sums into dW, db."""
     cost, correct = _forward_cost(params, a, y, codes, hand, X, Y, order, start, r_begin,
-                                  r_end, loss_code, tiny)
+                                  r_end, block, loss_code, tiny)
     if math.isfinite(cost):
-        _backward(params, a, delta, y, codes, r_begin, r_end, loss_code, dW, db, part_W, part_b)
+        _backward(params, a, delta, y, codes, r_begin, r_end, block, loss_code, dW, db, part_W,
+                  part_b)
     return cost, correct, _TABLE_HASH
 
 
