@@ -184,7 +184,7 @@ def _measure(run):
 
 def _race(run, candidates, run_seconds, rest=0.0):
     """Time each candidate: a warm-up run of one step (compiles, fills
-    caches) and a probe step (how long a step takes), then timed runs of at
+    caches) and a timed probe step (how long a step takes), then runs of at
     least run_seconds, ROUNDS per candidate (fewer past BUDGET), in blocks
     A A B B B A A ... (half the rounds, then the other half in reverse
     order), each block after `rest` seconds: a switch slows the runs after
@@ -193,10 +193,13 @@ def _race(run, candidates, run_seconds, rest=0.0):
     run, rounds)."""
     for c in candidates:
         run(c, 1)
-    step = min(run(c, 1) for c in candidates)
+    times = {}
+    for c in candidates:                               # the probes count too
+        time.sleep(rest)
+        times[c] = [run(c, 1)]
+    step = min(t[0] for t in times.values())
     steps = max(1, math.ceil(run_seconds / max(step, 1e-9)))
     rounds = int(min(ROUNDS, max(1, BUDGET // (steps * step))))
-    times = {c: [] for c in candidates}
     for half, block in ((rounds - rounds // 2, candidates), (rounds // 2, candidates[::-1])):
         for c in block:
             time.sleep(rest if half else 0)
