@@ -225,11 +225,11 @@ class NumbaCPUBackend(Backend):
                 == "hand" for k, n in zip(sizes, sizes[1:])], np.uint8)
         return known[key]
 
-    @staticmethod
-    def _steps(lists, y, codes, blocking, X, Y, order, consts, step_costs, parts):
+    def _steps(self, lists, y, codes, blocking, X, Y, order, consts, step_costs, parts):
         """The steps in one compiled call: (n_correct, bad step or -1);
         blocking = (hand, block) as _forward_cost takes them."""
-        args = (*lists, y, codes, *blocking, X, Y, order, *consts, step_costs)
+        scratch = self._part_buffers(lists[4], lists[5], 1)[0][2:]
+        args = (*lists, *scratch, y, codes, *blocking, X, Y, order, *consts, step_costs)
         epoch = kernels.ready("_epoch", (numba.typeof(X), numba.typeof(Y)),
                               lambda: (*args[:-1], args[-1][:0]))       # zero steps
         correct, bad_step, _ = epoch(*args)
@@ -273,7 +273,10 @@ class NumbaCPUBackend(Backend):
         db flattened for _update_op.  The other parts' arrays are made once
         per shape."""
         key = (tuple(g.shape for g in dW), dW[0].dtype, parts)
-        if self.__dict__.get("_parts_key") != key:
+        made = self.__dict__.setdefault("_parts_own", {})
+        if key not in made:
+            if len(made) > 2:                    # another network shape: free the old
+                made.clear()
             like = [*dW, *db]
 
             def fresh():
@@ -282,8 +285,8 @@ class NumbaCPUBackend(Backend):
             own = [fresh() for _ in range(parts)] + [fresh() for _ in range(1, parts)]
             more = (_typed([g for sums, _ in own[parts:] for g in sums], like[0]),
                     _typed([g for _, sums in own[parts:] for g in sums], like[0]))
-            self._parts_key, self._parts_own = key, (own, more)
-        own, more = self._parts_own
+            made[key] = own, more
+        own, more = made[key]
         sums = [(dW, db)] + own[parts:]
         return [(*sums[p], *own[p]) for p in range(parts)] + [more]
 

@@ -135,14 +135,13 @@ def _column_sum(delta, db):
 @njit(inline="always")
 def _add_gradient(delta, a_prev, dW, db, part_W, part_b, first):
     """dW (+)= delta.T @ a_prev, db (+)= delta.sum(0) for one block of rows
-    (first: the first block, which sets them; the others add their sums)."""
-    if first:
-        np.dot(delta.T, a_prev, dW)              # sum over the rows of outer products
-        _column_sum(delta, db)
-        return
-    np.dot(delta.T, a_prev, part_W)
-    _column_sum(delta, part_b)
-    _add_into(dW, db, part_W, part_b)
+    (first: the first block, which sets them; the others add their sums).
+    One GEMM call site for both cases: each np.dot costs compile time."""
+    sums_W, sums_b = (dW, db) if first else (part_W, part_b)
+    np.dot(delta.T, a_prev, sums_W)              # sum over the rows of outer products
+    _column_sum(delta, sums_b)
+    if not first:
+        _add_into(dW, db, part_W, part_b)
 
 
 @njit(inline="always")

@@ -175,19 +175,18 @@ def _backward(params, a, delta, y, codes, r_begin, r_end, block, loss_code, dW, 
                 d = d_prev
 
 
-def _epoch(params, velocities, a, delta, dW, db, y, codes, hand, block, X, Y, order, lr, mu,
-           wd, loss_code, scale, tiny, step_costs):
+def _epoch(params, velocities, a, delta, dW, db, part_W, part_b, y, codes, hand, block, X, Y,
+           order, lr, mu, wd, loss_code, scale, tiny, step_costs):
     """The SGD steps over the batches order[0:B], order[B:2B], ... with B =
     len(y) rows each (len(order) is a multiple of B; `scale` is for B rows).
     params = [W_1, b_1 (1, n_1), W_2, ...] and velocities (the same, or
-    empty) are updated in place; a (a_0..a_L), delta, dW, db (1, n) and y are
-    the buffers; hand and block as _forward_cost's.  step_costs[s] = step s's sum of C0;
+    empty) are updated in place; a (a_0..a_L), delta, dW, db (1, n), their
+    block scratch part_W, part_b and y are the buffers; hand and block as
+    _forward_cost's.  step_costs[s] = step s's sum of C0;
     stops before the update of the first step whose cost was not finite.
     Returns (n_correct, bad_step, _TABLE_HASH)."""
     B = y.shape[0]
     n_correct, bad_step = 0, -1
-    part_W = [np.empty_like(g) for g in dW]          # one block's sums
-    part_b = [np.empty_like(g) for g in db]
     for s in range(step_costs.shape[0]):
         cost, correct = _forward_cost(params, a, y, codes, hand, X, Y, order, s * B, 0, B,
                                       block, loss_code, tiny)
@@ -263,6 +262,8 @@ _ENTRY_POINTS = (_epoch, _part_op, _update_op, _bias_sigma_op, _output_delta_op,
 _TABLE_KERNELS = {f.__name__: f for f in (_dense_forward, _bias_sigma, _times_dsigma,
                                            _output_delta, _forward_cost, _backward,
                                            *_ENTRY_POINTS)}
+#: compiled once and called (by the epoch and _part_op), not inlined into each
+_CALLED = (_forward_cost, _backward)
 _KERNEL_SETS = {}            # table key -> the globals of its kernels
 _table_key = None
 _checked = set()             # (table key, X and Y types): compiled epochs checked here
@@ -284,7 +285,7 @@ def use_table():
                    "_TABLE_HASH": activations.fingerprint() ^ blocks.SOURCE_HASH}
         for name, fn in _TABLE_KERNELS.items():     # helpers inlined into the epoch
             options = {"cache": not _KERNEL_SETS, "nogil": True} if fn in _ENTRY_POINTS \
-                else {"inline": "always"}
+                else {} if fn in _CALLED else {"inline": "always"}
             kernels[name] = njit(**options)(fn)
         _KERNEL_SETS[key] = kernels
     globals().update(_KERNEL_SETS[key])
