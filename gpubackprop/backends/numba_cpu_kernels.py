@@ -12,20 +12,21 @@ choice in (`hand`, one flag per layer).  Hand-written weight gradients lost
 to BLAS at every size measured (RESULTS.md).
 The element-wise loops are written so LLVM vectorises them (2-D indexing with
 loop invariants in locals: row views cost an atomic reference count each)
-and inlined into the epoch.  A step runs block by block of rows
-(_forward_cost, _backward; numba_cpu.py picks the size), so a narrow
-network's blocks stay in the cache between layers.  Threads share a large step by runs of rows (_part_op on each part,
-the GIL released, BLAS on one thread each; numba_cpu.py runs them), not by
-a parallel pass per array: prange passes were 2-3x slower between BLAS
-calls, whose spinning threads take the cores.
+and inlined into a step's forward and backward (_forward_cost, _backward:
+compiled once, called by the epoch and by _part_op).  A step runs block by
+block of rows (numba_cpu.py picks the size), so a narrow network's blocks
+stay in the cache between layers.  Threads share a large step by runs of
+rows (_part_op on each part, the GIL released, BLAS on one thread each;
+numba_cpu.py runs them), not by a parallel pass per array: prange passes were
+2-3x slower between BLAS calls, whose spinning threads take the cores.
 
 Compilation: one signature per dtype, compiled on first use and cached on
 disk (cache=True; ~0.3 s to load).  Activations come from activations.TABLE
 through one generated dispatch function; the compiled epoch returns the
 fingerprint of the table and of numba_cpu_blocks.py it was built from, and a
 cache entry built from others (activations.py or the blocks edited) is
-recompiled.  A table changed at run
-time (activations.register) gets its own uncached kernels.
+recompiled.  A table changed at run time (activations.register) gets its own
+uncached kernels.
 
 Bits: a seed gives the same bits every run, compiled or loaded from the
 cache (tests/test_numba_cache.py), with the same thread count: wide layers
@@ -133,8 +134,6 @@ def _output_delta(a, y, loss_code, code, delta):
 # deltas stay in the cache from one layer's GEMM to the next, where a
 # layer-by-layer pass over a large batch streams each array through memory
 # three times (GEMM out, bias + sigma in and out, next GEMM in).
-
-
 def _forward_cost(params, a, y, codes, hand, X, Y, order, start, r_begin, r_end, block,
                   loss_code, tiny):
     """Rows r_begin:r_end of the batch order[start:]: gathered into a_0 and
