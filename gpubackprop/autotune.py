@@ -15,17 +15,17 @@ and whether momentum and weight decay are on.
 Not measured: steps with fewer than MEASURE_ABOVE activations (batch x sum of
 the layer widths) take the fast path, which wins there by 1.2x and more
 (RESULTS.md's crossover table); GPU devices take it whenever it applies.
+`Trainer(fast_path=True | False)` skips the choice.  `gpubackprop info`
+prints the recorded choices; `forget()` clears them; `use_cache(path)` moves
+the file (None: the default, ~/.cache/gpubackprop/autotune.json; False: keep
+the choices in this process only).  Each choice is logged on the
+"gpubackprop" logger (level INFO).
 
 Kernels are chosen the same way (`kernel_choice`): where a backend has two
 kernels for one operation and which is faster depends on the machine (the
 compiled CPU epoch's small forward GEMMs: its own loop or BLAS), the first
 run of a shape times each and the record keeps the faster, so a machine's
 later runs use the same one and get the same bits.
-`Trainer(fast_path=True | False)` skips the choice.  `gpubackprop info`
-prints the recorded choices; `forget()` clears them; `use_cache(path)` moves
-the file (None: the default, ~/.cache/gpubackprop/autotune.json; False: keep
-the choices in this process only).  Each choice is logged on the
-"gpubackprop" logger (level INFO).
 """
 import datetime
 import hashlib
@@ -50,8 +50,8 @@ RUN_SECONDS = 0.03
 #: ... and a timed run of a kernel (kernel_choice) this long
 KERNEL_RUN_SECONDS = 0.005
 #: seconds of rest before each block of one path's timed runs: BLAS threads
-#: the other path used spin on a core for up to ~0.2 s after it returns, and
-#: the first runs after a switch took 1.9x as long
+#: the other path used spin on a core for a while after it returns and slow
+#: the first runs after a switch (bench/RESULTS.md)
 SWITCH_REST = 0.25
 #: timed runs per path (in blocks: _race): at most ROUNDS, fewer where they
 #: would take more than BUDGET seconds per path (one at the least); each

@@ -105,11 +105,11 @@ def all_finite(array):
         return bool(to_host(import_cupy().isfinite(array).all()))
     array = np.asarray(array)
     if array.dtype in (np.float32, np.float64) and array.flags.c_contiguous and array.size:
-        # x.x in one BLAS pass, no temporary (a training set's check took 1.7
-        # ms per 10,000 MNIST rows through isfinite, 1.1 ms so): its terms
-        # are >= 0 or NaN, so a NaN or inf entry makes it NaN or inf and a
-        # finite x.x proves every entry finite; one that overflows (entries
-        # past ~1e19 in float32) is checked entry by entry below
+        # x.x in one BLAS pass, no temporary (every fit checks its data: the
+        # time is in bench/RESULTS.md): its terms are >= 0 or NaN, so a NaN
+        # or inf entry makes it NaN or inf and a finite x.x proves every
+        # entry finite; one that overflows (entries past ~1e19 in float32)
+        # is checked entry by entry below
         flat = array.reshape(-1)
         with np.errstate(over="ignore", invalid="ignore"):
             if np.isfinite(np.dot(flat, flat)):

@@ -39,8 +39,8 @@ def check_params(net, epoch, step, snapshot):
 
 def check_marks(marks, epoch, snapshot):
     """Raise TrainingDiverged (after restoring `snapshot`) if a step's cost
-    was not finite; marks are (first step of a run, bad step within it, a
-    device value, -1 if none), cleared once read."""
+    was not finite; marks are (first step of a run, its bad step: a device
+    value, -1 if none), cleared once read."""
     for first, bad in marks:
         bad = int(to_host(bad))
         if bad >= 0:

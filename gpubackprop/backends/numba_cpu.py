@@ -47,15 +47,13 @@ NOTICE = kernels.NOTICE
 #: NumPy's, which need no compiling and cost microseconds there
 COMPILED_OPS_MIN = 2 ** 16
 #: a step of at least 2 x PART_ROWS rows is shared by the threads, a part of
-#: PART_ROWS rows or more each: at [784, 256, 256, 10] a batch of 512 split
-#: in two ran 155k samples/s against 135k whole, a batch of 256 in two 117k
-#: against 127k (2-core Xeon, bench/RESULTS.md)
+#: PART_ROWS rows or more each: below that the handing over of a part costs
+#: more than the thread saves (the measured crossover: bench/RESULTS.md)
 PART_ROWS = 256
 #: a step runs in blocks of COLUMN_BLOCK rows where a block of the widest
 #: layer fits in BLOCK_BYTES (about a core's L2 cache), and its parts whole
 #: where not: blocks of wide layers do not stay in the cache, and each
-#: block's GEMM packs the weights again ([784, 4096, 4096, 10] at batch 4096:
-#: 1.65 s a step in blocks of 1,024 rows, 1.51-1.56 s whole)
+#: block's GEMM packs the weights again
 BLOCK_BYTES = 2 ** 20
 
 
