@@ -1,7 +1,8 @@
 """The building blocks of the compiled CPU step that do not depend on the
 activation table (numba_cpu_kernels.py builds the epoch from them): the
 gather, the small forward GEMM, the cost, the gradient sums and the SGD
-update.  All are inlined into the kernels that call them.
+update.  All but _matmul_nt and the timing loop _time_forward are inlined
+into the kernels that call them.
 
 The epoch's cache entries are checked against SOURCE_HASH (numba notices an
 edit of the file that holds a cached function, not of the files it calls).
