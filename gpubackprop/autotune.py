@@ -24,8 +24,8 @@ the choices in this process only).  Each choice is logged on the
 Kernels are chosen the same way (`kernel_choice`): where a backend has two
 kernels for one operation and which is faster depends on the machine (the
 compiled CPU epoch's small forward GEMMs: its own loop or BLAS), the first
-run of a shape times each and the record keeps the faster, so a machine's
-later runs use the same one and get the same bits.
+run times each and the record keeps the choice, so a machine's later runs
+use the same one and get the same bits.
 """
 import datetime
 import hashlib
@@ -58,7 +58,7 @@ SWITCH_REST = 0.25
 #: path's fastest run counts (noise only adds time)
 ROUNDS, BUDGET = 5, 1.0
 FILE_VERSION = 1
-#: the record's sections: fast path or loop per problem; kernel per shape
+#: the record's sections: fast path or loop per problem; kernels per machine
 SECTIONS = ("choices", "kernels")
 
 _path = None           # use_cache's choice: None = the default file, False = none
@@ -207,16 +207,20 @@ def _race(run, candidates, run_seconds, rest=0.0):
     return {c: min(t) for c, t in times.items()}, steps, rounds
 
 
-def kernel_choice(kernel, spec, run, candidates):
-    """Which of `candidates` (names) runs `kernel` fastest for `spec` (a
-    JSON-able dict: the backend, shapes, dtype) on this machine: measured the
-    first time (run(candidate, reps) returns the seconds of reps calls),
-    recorded, and the record's answer every time after."""
+def kernel_choice(kernel, spec, run, candidates, margin=1.0):
+    """Which of `candidates` (names) runs `kernel` best for `spec` (a JSON-able
+    dict: the backend, the shape timed, the dtype) on this machine: measured
+    the first time (run(candidate, reps) returns the seconds of reps calls),
+    recorded, and the record's answer every time after.  candidates[0] is the
+    default: another is chosen only where it is `margin` times faster, so a
+    close race does not flip from one measurement to the next."""
     key = json.dumps({"kernel": kernel, **spec}, sort_keys=True)
     entry = _in_file("kernels").get(key, _memory["kernels"].get(key))
     if entry is None or entry["choice"] not in candidates:
         seconds, reps, rounds = _race(run, candidates, KERNEL_RUN_SECONDS)
-        entry = {"choice": min(candidates, key=seconds.get), "seconds": seconds, "reps": reps,
+        best = min(candidates, key=seconds.get)
+        choice = best if seconds[candidates[0]] >= margin * seconds[best] else candidates[0]
+        entry = {"choice": choice, "seconds": seconds, "reps": reps, "margin": margin,
                  "rounds": rounds, "date": datetime.date.today().isoformat()}
         where = _record(key, entry, "kernels")
         log.info("autotune: %s %s: %s (%s), recorded in %s", kernel, spec, entry["choice"],

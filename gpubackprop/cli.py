@@ -253,7 +253,7 @@ def _print_autotune():
               f"{s['fast path'] * 1e3:.3g} ms/step, loop {s['loop'] * 1e3:.3g} ms/step; "
               f"{entry.get('date', '?')})")
     kernels = autotune.choices("kernels")
-    print(f"kernels, measured per shape on this machine: {len(kernels)} recorded")
+    print(f"kernels, measured on this machine: {len(kernels)} recorded")
     for spec, entry in kernels:
         times = ", ".join(f"{c} {s * 1e6:.3g} us" for c, s in entry["seconds"].items())
         print(f"  {spec['backend']} {spec['kernel']} {' x '.join(map(str, spec['shape']))} "

@@ -37,7 +37,7 @@ import numpy as np
 from numba.typed import List
 
 from .. import activations, autotune
-from ..checks import positive_int
+from ..checks import choice, positive_int
 from . import numba_cpu_blocks as blocks, numba_cpu_kernels as kernels
 from .base import Backend
 
@@ -55,6 +55,9 @@ PART_ROWS = 256
 #: where not: blocks of wide layers do not stay in the cache, and each
 #: block's GEMM packs the weights again
 BLOCK_BYTES = 2 ** 20
+#: the shape (batch, n_in, n_out) a machine's small-GEMM kernel is timed at,
+#: and how much faster than BLAS the epoch's own kernel must be to be chosen
+SMALL_GEMM_PROBE, HAND_MARGIN = (10, 784, 30), 1.25
 
 
 def _compilable(*arrays, gemm=()):
@@ -96,16 +99,22 @@ class NumbaCPUBackend(Backend):
 
     threads: threads during train_epoch (None: BLAS's own count for a step
     under 2 x PART_ROWS rows, every usable core for a larger one, whose rows
-    are split into that many parts).  The count can
-    change the last bits (the parts' sums, wide layers' GEMMs); a run that
-    must repeat bit for bit on other machines fixes it."""
+    are split into that many parts).  The count can change the last bits
+    (the parts' sums, wide layers' GEMMs).
+
+    small_gemm: who runs the epoch's forward GEMMs under SMALL_GEMM
+    multiply-adds: "blas", "hand" (the epoch's own _matmul_nt) or "auto",
+    the machine's choice (_hand_small_gemms).  The two round differently, so
+    a run that must repeat bit for bit on other machines fixes threads and
+    small_gemm."""
 
     name = "numba"
     device_kinds = ("cpu",)
 
-    def __init__(self, device, threads=None):
+    def __init__(self, device, threads=None, small_gemm="auto"):
         super().__init__(device)
         self.threads = None if threads is None else positive_int("threads", threads)
+        self.small_gemm = choice("small_gemm", small_gemm, ("auto", "blas", "hand"))
         self._blas = None
 
     @classmethod
@@ -191,7 +200,10 @@ class NumbaCPUBackend(Backend):
             block = blocks.COLUMN_BLOCK if max(sizes) * blocks.COLUMN_BLOCK * dtype.itemsize \
                 <= BLOCK_BYTES else rows
             with self._blas_threads(self.threads if parts == 1 else 1):
-                hand = self._hand_gemms(sizes, min(block, -(-rows // parts)), dtype)
+                gemm_rows = min(block, -(-rows // parts))
+                hand = np.array([gemm_rows * k * n < blocks.SMALL_GEMM and
+                                 self._hand_small_gemms(dtype) for k, n in zip(sizes, sizes[1:])],
+                                np.uint8)
                 correct, bad_step = run(lists, ws.y[:rows], codes, (hand, block), X, Y,
                                         order[first:stop], consts,
                                         step_costs[first // bs:-(-stop // bs)], parts)
@@ -207,21 +219,24 @@ class NumbaCPUBackend(Backend):
                                    if hasattr(os, "sched_getaffinity") else os.cpu_count())
         return max(1, min(threads, rows // PART_ROWS))
 
-    def _hand_gemms(self, sizes, rows, dtype):
-        """Per layer, 1 where the forward GEMM of a block of `rows` rows runs
-        the epoch's own kernel (_matmul_nt), 0 for BLAS: BLAS from SMALL_GEMM
-        multiply-adds, below it the faster of the two on this machine
-        (measured once per shape and recorded: autotune.kernel_choice)."""
-        key = (tuple(sizes), rows, str(dtype))
+    def _hand_small_gemms(self, dtype):
+        """True where the epoch's own kernel runs the small forward GEMMs: by
+        small_gemm, or for "auto" the machine's choice, timed once per dtype
+        at SMALL_GEMM_PROBE (Nielsen's forward GEMM) and recorded
+        (autotune.kernel_choice).  One choice per machine, not per shape, and
+        the hand kernel only where it wins by HAND_MARGIN: two processes that
+        each time it (one reading another record file) choose the same, and
+        so train to the same bits."""
+        if self.small_gemm != "auto":
+            return self.small_gemm == "hand"
         known = self.__dict__.setdefault("_hand", {})
-        if key not in known:
-            known[key] = np.array([
-                rows * k * n < blocks.SMALL_GEMM and autotune.kernel_choice(
-                    "forward GEMM", {"backend": self.name, "shape": [rows, k, n],
-                                     "dtype": str(dtype)},
-                    functools.partial(_time_forward, rows, k, n, dtype), ("hand", "BLAS"))
-                == "hand" for k, n in zip(sizes, sizes[1:])], np.uint8)
-        return known[key]
+        if dtype not in known:
+            known[dtype] = autotune.kernel_choice(
+                "small forward GEMM", {"backend": self.name, "shape": list(SMALL_GEMM_PROBE),
+                                       "dtype": str(dtype)},
+                functools.partial(_time_forward, *SMALL_GEMM_PROBE, dtype), ("BLAS", "hand"),
+                margin=HAND_MARGIN) == "hand"
+        return known[dtype]
 
     def _steps(self, lists, y, codes, blocking, X, Y, order, consts, step_costs, parts):
         """The steps in one compiled call: (n_correct, bad step or -1);

@@ -23,8 +23,8 @@ CROSS_ENTROPY = Loss.CODES["cross_entropy"]     # the other costs are squared er
 #: a narrow network's step runs in blocks of it (numba_cpu.py)
 COLUMN_BLOCK = 1024
 #: forward GEMMs of fewer multiply-adds (batch x n_in x n_out) may run
-#: _matmul_nt (measured per shape); BLAS runs the rest: on the machines
-#: measured it wins from about 64 x 784 x 30 (bench/RESULTS.md)
+#: _matmul_nt (the machine's choice: numba_cpu.py); BLAS runs the rest: on
+#: the machines measured it wins from about 64 x 784 x 30 (bench/RESULTS.md)
 SMALL_GEMM = 2 ** 20
 #: this file's text, hashed: the compiled epoch returns it with the table's
 SOURCE_HASH = int.from_bytes(hashlib.sha256(Path(__file__).read_bytes()).digest()[:7], "little")

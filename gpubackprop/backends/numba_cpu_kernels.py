@@ -6,10 +6,10 @@ GEMMs in compiled code are `np.dot(a, b, out)`, which Numba runs on SciPy's
 BLAS.  A small forward GEMM (under SMALL_GEMM multiply-adds) may run
 `_matmul_nt` instead: where BLAS's per-call set-up dominates (the AMD EPYC VM
 of bench/RESULTS.md) it wins, where BLAS has kernels for small shapes (the
-AVX-512 Xeon VM) it loses, so the backend times both per shape once per
-machine (autotune.kernel_choice) and passes the choice in (`hand`, one flag
-per layer).  Hand-written weight gradients lost
-to BLAS at every size measured (RESULTS.md).
+AVX-512 Xeon VM) it loses, so the backend times both once per machine and
+dtype (autotune.kernel_choice) and passes the choice in (`hand`, one flag
+per layer).  Hand-written weight gradients lost to BLAS at every size
+measured (RESULTS.md).
 The element-wise loops are written so LLVM vectorises them (2-D indexing with
 loop invariants in locals: row views cost an atomic reference count each)
 and inlined into a step's forward and backward (_forward_cost, _backward:
