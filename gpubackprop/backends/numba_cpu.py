@@ -199,11 +199,13 @@ class NumbaCPUBackend(Backend):
             run = self._steps if parts == 1 else self._split_steps
             block = blocks.COLUMN_BLOCK if max(sizes) * blocks.COLUMN_BLOCK * dtype.itemsize \
                 <= BLOCK_BYTES else rows
+            # the machine's small-GEMM choice is timed (the first time) out here, with
+            # BLAS's own thread count, whichever shape happens to ask for it first
+            gemm_rows = min(block, -(-rows // parts))
+            hand = np.array([gemm_rows * k * n < blocks.SMALL_GEMM and
+                             self._hand_small_gemms(dtype) for k, n in zip(sizes, sizes[1:])],
+                            np.uint8)
             with self._blas_threads(self.threads if parts == 1 else 1):
-                gemm_rows = min(block, -(-rows // parts))
-                hand = np.array([gemm_rows * k * n < blocks.SMALL_GEMM and
-                                 self._hand_small_gemms(dtype) for k, n in zip(sizes, sizes[1:])],
-                                np.uint8)
                 correct, bad_step = run(lists, ws.y[:rows], codes, (hand, block), X, Y,
                                         order[first:stop], consts,
                                         step_costs[first // bs:-(-stop // bs)], parts)
