@@ -202,7 +202,7 @@ def _devices_by_kind():
 def cmd_info(args):
     import gpubackprop as gb
     from gpubackprop import backends
-    from gpubackprop.device import INSTALL_HINT, cuda_status
+    from gpubackprop.device import INSTALL_HINT, cpu_blas, cpu_blas_warning, cuda_status
 
     print(f"gpubackprop {gb.__version__}")
     print(f"python {platform.python_version()} ({platform.machine()}, {platform.system()})")
@@ -213,6 +213,12 @@ def cmd_info(args):
         except Exception as exc:  # absent or broken
             version = f"not available ({type(exc).__name__})"
         print(f"  {module:<11} {version}")
+    blas = cpu_blas()
+    for b in blas:
+        print(f"  BLAS        {b['library']}'s {b['api']} {b['version']}: {b['kernels']} kernels, "
+              f"{b['threads']} threads")
+    if cpu_blas_warning(blas):
+        print(f"    note: {cpu_blas_warning(blas)}")
     n, reason = cuda_status()
     print(f"devices: {', '.join(gb.available_devices())}")
     if not n:

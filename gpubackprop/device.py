@@ -5,7 +5,9 @@ the package imports and runs on a machine without CuPy.  It also counts the
 bytes that cross between host and device, so tests can check that training
 on the GPU waits on the device only once per epoch.
 """
+import contextlib
 import functools
+import os
 import sys
 
 import numpy as np
@@ -329,3 +331,50 @@ def device(spec="auto"):
         raise ValueError(f"device {spec!r}: index out of range, this machine has {n} "
                          f"CUDA device(s) (cuda:0..cuda:{n - 1})")
     return Device("cuda", i)
+
+
+#: OpenBLAS CPU types whose kernels stop at AVX2 (threadpoolctl's "architecture")
+_AVX2_KERNELS = {"Haswell", "Zen", "SandyBridge", "Sandybridge", "Nehalem", "Prescott"}
+
+
+def cpu_blas():
+    """The BLAS libraries NumPy's matmul and the compiled epoch's np.dot
+    (SciPy's) run, as threadpoolctl finds them loaded: [{"library": "numpy"
+    or "scipy" (whose wheel brought it), "api", "version", "kernels" (the CPU
+    type OpenBLAS picked), "threads"}]."""
+    import numpy  # noqa: F401
+    with contextlib.suppress(ImportError):
+        import scipy.linalg.cython_blas  # noqa: F401   what numba's np.dot calls
+    try:
+        import threadpoolctl
+        found = threadpoolctl.threadpool_info()
+    except Exception:                 # a library threadpoolctl cannot read
+        return []
+    return [{"library": _wheel(i.get("filepath", "?")), "api": i.get("internal_api"),
+             "version": i.get("version"), "kernels": i.get("architecture"),
+             "threads": i.get("num_threads")}
+            for i in found if i.get("user_api") == "blas"]
+
+
+def _wheel(path):
+    """numpy or scipy where the library came in that wheel, else its file name."""
+    return next((p for p in ("numpy", "scipy") if f"{p}.libs" in path), os.path.basename(path))
+
+
+def cpu_blas_warning(blas):
+    """A sentence when OpenBLAS runs AVX2 kernels on a CPU with AVX-512
+    (OPENBLAS_CORETYPE set to an older type does that: its GEMMs then run up
+    to 2x slower, bench/RESULTS.md), else None."""
+    slow = sorted({b["kernels"] for b in blas if b["kernels"] in _AVX2_KERNELS})
+    if not slow or "avx512f" not in _cpu_flags():
+        return None
+    return (f"OpenBLAS runs {'/'.join(slow)} (AVX2) kernels on this CPU, which has AVX-512; "
+            "OPENBLAS_CORETYPE may be forcing them: its GEMMs run up to 2x slower")
+
+
+def _cpu_flags():
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].split() for line in f
+                         if line.startswith("flags")), [])
+    return []

@@ -110,3 +110,21 @@ def test_all_finite_finds_every_nan_and_inf(dtype, layout):
                 continue                              # not in the view
             assert not all_finite(view(X)), (bad, i, j)
     assert all_finite(np.empty((0, 3), dtype))
+
+
+@pytest.mark.parametrize("kernels, flags, warned", [
+    ("Haswell", ["avx2", "avx512f"], True), ("SkylakeX", ["avx2", "avx512f"], False),
+    ("Haswell", ["avx2"], False)])
+def test_cpu_blas_warns_of_avx2_kernels_on_an_avx512_cpu(monkeypatch, kernels, flags, warned):
+    """OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU halves the GEMM rate: info
+    and the bench say so; an AVX2 CPU running AVX2 kernels is not warned."""
+    device = device_module
+
+    monkeypatch.setattr(device, "_cpu_flags", lambda: flags)
+    blas = [{"library": "numpy", "api": "openblas", "version": "0.3.31", "kernels": kernels,
+             "threads": 2}]
+    warning = device.cpu_blas_warning(blas)
+    assert (warning is not None) == warned
+    if warned:
+        assert "Haswell" in warning and "OPENBLAS_CORETYPE" in warning
+    assert all(b["library"] in ("numpy", "scipy") for b in device.cpu_blas())

@@ -9,6 +9,8 @@ import sys
 
 import numpy as np
 
+from ..device import cpu_blas, cpu_blas_warning
+
 #: module -> distribution names to ask the package metadata when it is not imported
 _DISTS = {"numba": ("numba",), "scipy": ("scipy",), "torch": ("torch",), "jax": ("jax",),
           "sklearn": ("scikit-learn",), "matplotlib": ("matplotlib",),
@@ -81,7 +83,8 @@ def machine(devices):
     """The machine and library versions; `gpus` names every GPU in `devices`."""
     info = {"python": platform.python_version(), "platform": platform.platform(),
             "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "cpus_usable": usable_cpus(),
-            "numpy": np.__version__, "numpy_blas": _numpy_blas()}
+            "numpy": np.__version__, "blas": cpu_blas()}
+    info["blas_warning"] = cpu_blas_warning(info["blas"])
     for mod, names in _DISTS.items():
         m = sys.modules.get(mod)
         info[mod] = getattr(m, "__version__", None) if m else None
@@ -94,13 +97,6 @@ def machine(devices):
         info["torch_threads"] = torch.get_num_threads()
     info["gpus"] = [_gpu(d) for d in devices if d != "cpu"]
     return info
-
-
-def _numpy_blas():
-    with contextlib.suppress(Exception):
-        blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
-        return f"{blas.get('name')} {blas.get('version')}"
-    return None
 
 
 def _cpu_name():

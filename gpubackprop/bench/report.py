@@ -65,7 +65,10 @@ def _header(result):
              f"commit {result['commit']}",
              f"machine: {m.get('cpu')}, {m.get('cpus_usable')} CPUs usable"
              + (f"; GPU {gpus}" if gpus else "; no GPU measured"),
-             f"libraries: {libs}; BLAS {m.get('numpy_blas')}",
+             f"libraries: {libs}",
+             "BLAS: " + ("; ".join(f"{b['library']}'s {b['api']} {b['version']}, {b['kernels']} "
+                                   f"kernels" for b in m.get("blas") or []) or "unknown")
+             + (f" ({m['blas_warning']})" if m.get("blas_warning") else ""),
              f"load average (1, 5, 15 min) at start {result.get('loadavg_at_start')}, "
              f"at end {result.get('loadavg_at_end')}",
              f"{plural(result['repeats'], 'timed run')} after {result['warmup']} warm-up, "
