@@ -27,12 +27,14 @@ The kernels, their compilation and caching: numba_cpu_kernels.py.
 """
 import concurrent.futures
 import contextlib
+import ctypes
 import functools
 import math
 import os
 import time
 
 import numba
+import numba.extending
 import numpy as np
 from numba.typed import List
 
@@ -244,7 +246,10 @@ class NumbaCPUBackend(Backend):
         """The steps in one compiled call: (n_correct, bad step or -1);
         blocking = (hand, block) as _forward_cost takes them."""
         scratch = self._part_buffers(lists[4], lists[5], 1)[0][2:]
-        args = (*lists, *scratch, y, codes, *blocking, X, Y, order, *consts, step_costs)
+        blas = (np.frombuffer(b"NT", np.uint8).copy(), np.zeros(6, np.int32),  # this call's:
+                np.zeros(2, y.dtype))                                    # threads share gemm
+        args = (*lists, *scratch, y, codes, *blocking, blas_gemm(y.dtype), blas, X, Y, order,
+                *consts, step_costs)
         epoch = kernels.ready("_epoch", (numba.typeof(X), numba.typeof(Y)),
                               lambda: (*args[:-1], args[-1][:0]))       # zero steps
         correct, bad_step, _ = epoch(*args)
@@ -305,11 +310,24 @@ class NumbaCPUBackend(Backend):
         sums = [(dW, db)] + own[parts:]
         return [(*sums[p], *own[p]) for p in range(parts)] + [more]
 
-    @staticmethod
-    def _lists(params, state, ws, rows):
+    def _lists(self, params, state, ws, rows):
         """Typed Lists (one compiled signature at every depth) of the 2-D arrays:
         [W_1, b_1 (1, n_1), ...], the velocities alike (or none), the first
-        `rows` rows of a_0..a_L and of the deltas, and the dW and db (1, n) buffers."""
+        `rows` rows of a_0..a_L and of the deltas, and the dW and db (1, n) buffers.
+        The last few made are kept (they hold the arrays, so no other array
+        can take an id of a key while it is kept): every fit of a network
+        makes the same, one for its full batches and one for a smaller last."""
+        key = (tuple(id(p) for pair in params for p in pair),
+               tuple(id(v) for pair in state.velocities for v in pair), id(ws), rows)
+        kept = self.__dict__.setdefault("_kept_lists", {})
+        if key not in kept:
+            if len(kept) > 2:
+                kept.clear()
+            kept[key] = self._make_lists(params, state, ws, rows)
+        return kept[key]
+
+    @staticmethod
+    def _make_lists(params, state, ws, rows):
         groups = ([p for W, b in params for p in (W, b.reshape(1, -1))],
                   [v for vW, vb in state.velocities if vW is not None
                    for v in (vW, vb.reshape(1, -1))],
@@ -327,6 +345,16 @@ class NumbaCPUBackend(Backend):
 
             self._blas = ThreadpoolController()
         return self._blas.limit(limits=threads, user_api="blas")
+
+
+@functools.cache
+def blas_gemm(dtype):
+    """SciPy's BLAS sgemm or dgemm as a ctypes function: the epoch's folded
+    update calls it (blocks._gemm_update).  Its by-reference arguments are
+    passed as 64-bit integers (addresses)."""
+    name = {np.dtype(np.float32): "sgemm", np.dtype(np.float64): "dgemm"}[np.dtype(dtype)]
+    address = numba.extending.get_cython_function_address("scipy.linalg.cython_blas", name)
+    return ctypes.CFUNCTYPE(None, *[ctypes.c_uint64] * 13)(address)
 
 
 def _typed(arrays, like=None):

@@ -155,6 +155,26 @@ def _add_into(dW, db, part_W, part_b):
 
 
 @njit(inline="always")
+def _gemm_update(gemm, blas, W, delta, a_prev, alpha, beta):
+    """W = beta W + alpha delta.T @ a_prev in one BLAS call: gemm is SciPy's
+    sgemm or dgemm (numba_cpu.blas_gemm, passed in as an argument: a global
+    function pointer would keep the epoch out of Numba's cache) and blas =
+    (chars, ints, scalars) the scratch its by-reference arguments point
+    into.  Row-major W is column-major W.T (n_in x n_out) = a_prev.T @ delta:
+    a_prev (B, n_in) is a_prev.T column-major, delta is taken transposed."""
+    chars, ints, scalars = blas
+    B, n_out = delta.shape
+    n_in = a_prev.shape[1]
+    ints[0], ints[1], ints[2] = n_in, n_out, B          # m, n, k
+    ints[3], ints[4], ints[5] = n_in, n_out, n_in       # lda, ldb, ldc
+    scalars[0], scalars[1] = alpha, beta
+    i4, f = ints.ctypes.data, scalars.ctypes.data
+    gemm(chars.ctypes.data, chars.ctypes.data + 1, i4, i4 + 4, i4 + 8, f,
+         a_prev.ctypes.data, i4 + 12, delta.ctypes.data, i4 + 16, f + scalars.itemsize,
+         W.ctypes.data, i4 + 20)
+
+
+@njit(inline="always")
 def _sgd_update(W, b, vW, vb, dW, db, scale, lr, mu, wd, momentum):
     """optim.SGD.step with (dW, db) = scale (the batch's sums), on W, b and
     their velocities vW, vb (not used without momentum):

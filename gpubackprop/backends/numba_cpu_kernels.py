@@ -9,7 +9,10 @@ of bench/RESULTS.md) it wins, where BLAS has kernels for small shapes (the
 AVX-512 Xeon VM) it loses, so the backend times both once per machine and
 dtype (autotune.kernel_choice) and passes the choice in (`hand`, one flag
 per layer).  Hand-written weight gradients lost to BLAS at every size
-measured (RESULTS.md).
+measured (RESULTS.md).  A step of one block without momentum folds each
+layer's update into its weight-gradient GEMM (W = (1 - lr wd) W - lr scale
+delta.T @ a_prev: _backward_update), which np.dot cannot (no alpha, beta):
+SciPy's own sgemm/dgemm, passed into the epoch as an argument.
 The element-wise loops are written so LLVM vectorises them (2-D indexing with
 loop invariants in locals: row views cost an atomic reference count each)
 and inlined into a step's forward and backward (_forward_cost, _backward:
@@ -44,8 +47,8 @@ from .. import activations
 from . import numba_cpu_blocks as blocks
 from .numba_cpu_blocks import (CROSS_ENTROPY as _CROSS_ENTROPY,
                                IDENTITY as _IDENTITY, SOFTMAX as _SOFTMAX, _add_gradient,
-                               _add_into, _column_sum, _cost, _gather, _matmul_nt,
-                               _softmax_rows, _update)
+                               _add_into, _column_sum, _cost, _gather, _gemm_update,
+                               _matmul_nt, _softmax_rows, _update)
 
 NOTICE = "compiling the CPU kernels, first run only ..."
 
@@ -174,14 +177,37 @@ def _backward(params, a, delta, y, codes, r_begin, r_end, block, loss_code, dW, 
                 d = d_prev
 
 
-def _epoch(params, velocities, a, delta, dW, db, part_W, part_b, y, codes, hand, block, X, Y,
-           order, lr, mu, wd, loss_code, scale, tiny, step_costs):
+def _backward_update(params, a, delta, y, codes, loss_code, db, gemm, blas, scale, lr, wd):
+    """_backward and _update in one for a step of one block without momentum:
+    each layer's update folded into its gradient GEMM, W = (1 - lr wd) W -
+    lr scale delta.T @ a_prev (gemm, blas: _gemm_update's), once the delta
+    has gone back through W.  The gradient is never written: one pass over W."""
+    L, B = len(codes), y.shape[0]
+    d = delta[L - 1][:B]
+    _output_delta(a[L][:B], y, loss_code, codes[L - 1], d)
+    for l in range(L - 1, -1, -1):
+        W, b = params[2 * l], params[2 * l + 1][0]
+        d_prev = delta[max(l - 1, 0)][:B]
+        if l > 0:
+            np.dot(d, W, d_prev)
+            _times_dsigma(d_prev, a[l][:B], codes[l - 1])
+        _column_sum(d, db[l][0])
+        _gemm_update(gemm, blas, W, d, a[l][:B], -lr * scale, 1 - lr * wd)
+        for j in range(b.shape[0]):
+            b[j] = b[j] - lr * (db[l][0][j] * scale + wd * b[j])
+        d = d_prev
+
+
+def _epoch(params, velocities, a, delta, dW, db, part_W, part_b, y, codes, hand, block, gemm,
+           blas, X, Y, order, lr, mu, wd, loss_code, scale, tiny, step_costs):
     """The SGD steps over the batches order[0:B], order[B:2B], ... with B =
     len(y) rows each (len(order) is a multiple of B; `scale` is for B rows).
     params = [W_1, b_1 (1, n_1), W_2, ...] and velocities (the same, or
     empty) are updated in place; a (a_0..a_L), delta, dW, db (1, n), their
     block scratch part_W, part_b and y are the buffers; hand and block as
-    _forward_cost's.  step_costs[s] = step s's sum of C0;
+    _forward_cost's; a step of one block without momentum folds its update
+    into the gradient GEMMs (_backward_update: gemm, blas).  step_costs[s] =
+    step s's sum of C0;
     stops before the update of the first step whose cost was not finite.
     Returns (n_correct, bad_step, _TABLE_HASH)."""
     B = y.shape[0]
@@ -194,8 +220,13 @@ def _epoch(params, velocities, a, delta, dW, db, part_W, part_b, y, codes, hand,
             bad_step = s
             break
         n_correct += correct
-        _backward(params, a, delta, y, codes, 0, B, block, loss_code, dW, db, part_W, part_b)
-        _update(params, velocities, dW, db, scale, lr, mu, wd)
+        if B <= block and len(velocities) == 0:
+            _backward_update(params, a, delta, y, codes, loss_code, db, gemm, blas, scale, lr,
+                             wd)
+        else:
+            _backward(params, a, delta, y, codes, 0, B, block, loss_code, dW, db, part_W,
+                      part_b)
+            _update(params, velocities, dW, db, scale, lr, mu, wd)
     return n_correct, bad_step, _TABLE_HASH
 
 
@@ -260,9 +291,9 @@ _ENTRY_POINTS = (_epoch, _part_op, _update_op, _bias_sigma_op, _output_delta_op,
                  _times_dsigma_op, _gradient_scale_op)
 _TABLE_KERNELS = {f.__name__: f for f in (_dense_forward, _bias_sigma, _times_dsigma,
                                            _output_delta, _forward_cost, _backward,
-                                           *_ENTRY_POINTS)}
+                                           _backward_update, *_ENTRY_POINTS)}
 #: compiled once and called (by the epoch and _part_op), not inlined into each
-_CALLED = (_forward_cost, _backward)
+_CALLED = (_forward_cost, _backward, _backward_update)
 _KERNEL_SETS = {}            # table key -> the globals of its kernels
 _table_key = None
 _checked = set()             # (table key, X and Y types): compiled epochs checked here
