@@ -246,10 +246,8 @@ class NumbaCPUBackend(Backend):
         """The steps in one compiled call: (n_correct, bad step or -1);
         blocking = (hand, block) as _forward_cost takes them."""
         scratch = self._part_buffers(lists[4], lists[5], 1)[0][2:]
-        blas = (np.frombuffer(b"NT", np.uint8).copy(), np.zeros(6, np.int32),  # this call's:
-                np.zeros(2, y.dtype))                                    # threads share gemm
-        args = (*lists, *scratch, y, codes, *blocking, blas_gemm(y.dtype), blas, X, Y, order,
-                *consts, step_costs)
+        args = (*lists, *scratch, y, codes, *blocking, blas_gemm(y.dtype),
+                _blas_scratch(y.dtype), X, Y, order, *consts, step_costs)
         epoch = kernels.ready("_epoch", (numba.typeof(X), numba.typeof(Y)),
                               lambda: (*args[:-1], args[-1][:0]))       # zero steps
         correct, bad_step, _ = epoch(*args)
@@ -265,16 +263,17 @@ class NumbaCPUBackend(Backend):
         rows = y.shape[0]
         bounds = [p * rows // parts for p in range(parts + 1)]
         buffers = self._part_buffers(dW, db, parts)
+        gemm = (blas_gemm(y.dtype), _blas_scratch(y.dtype))      # no fold in a part
         run_part = kernels.ready("_part_op", (numba.typeof(X), numba.typeof(Y)), lambda: (
             params, a, delta, y, codes, hand, X, Y, order, 0, 0, 0, block, loss_code, tiny,
-            *buffers[0][:4]))
+            *buffers[0][:4], *gemm))
         update = kernels.ready("_update_op", y.dtype, lambda: _scratch_update(y.dtype))
         pool = _thread_pool(parts - 1)
         n_correct = 0
         for s in range(step_costs.shape[0]):
             def part(p, start=s * rows):
                 return run_part(params, a, delta, y, codes, hand, X, Y, order, start, bounds[p],
-                                bounds[p + 1], block, loss_code, tiny, *buffers[p][:4])
+                                bounds[p + 1], block, loss_code, tiny, *buffers[p][:4], *gemm)
             others = [pool.submit(part, p) for p in range(1, parts)]
             try:
                 results = [part(0)] + [f.result() for f in others]
@@ -355,6 +354,12 @@ def blas_gemm(dtype):
     name = {np.dtype(np.float32): "sgemm", np.dtype(np.float64): "dgemm"}[np.dtype(dtype)]
     address = numba.extending.get_cython_function_address("scipy.linalg.cython_blas", name)
     return ctypes.CFUNCTYPE(None, *[ctypes.c_uint64] * 13)(address)
+
+
+def _blas_scratch(dtype):
+    """The arguments blas_gemm's function reads by reference (chars, ints,
+    scalars): one set per call, as threads share the function."""
+    return np.frombuffer(b"NT", np.uint8).copy(), np.zeros(6, np.int32), np.zeros(2, dtype)
 
 
 def _typed(arrays, like=None):

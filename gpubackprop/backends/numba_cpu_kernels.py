@@ -11,7 +11,7 @@ dtype (autotune.kernel_choice) and passes the choice in (`hand`, one flag
 per layer).  Hand-written weight gradients lost to BLAS at every size
 measured (RESULTS.md).  A step of one block without momentum folds each
 layer's update into its weight-gradient GEMM (W = (1 - lr wd) W - lr scale
-delta.T @ a_prev: _backward_update), which np.dot cannot (no alpha, beta):
+delta.T @ a_prev: _backward's fold), which np.dot cannot (no alpha, beta):
 SciPy's own sgemm/dgemm, passed into the epoch as an argument.
 The element-wise loops are written so LLVM vectorises them (2-D indexing with
 loop invariants in locals: row views cost an atomic reference count each)
@@ -158,44 +158,34 @@ def _forward_cost(params, a, y, codes, hand, X, Y, order, start, r_begin, r_end,
 
 
 def _backward(params, a, delta, y, codes, r_begin, r_end, block, loss_code, dW, db, part_W,
-              part_b):
+              part_b, fold, gemm, blas, scale, lr, wd):
     """The gradient sums of rows r_begin:r_end, dW_l = delta_l.T @ a_{l-1}
     and db_l = delta_l.sum(0), block by block; a block's deltas go to rows
-    r_begin.. of the delta buffers (scratch, reused by the next block)."""
+    r_begin.. of the delta buffers (scratch, reused by the next block).
+    fold (a step of one block without momentum): each layer's update instead,
+    folded into its gradient GEMM once the delta has gone back through W,
+    W = (1 - lr wd) W - lr scale delta.T @ a_prev (_gemm_update: gemm, blas),
+    so dW is never written."""
     L = len(codes)
     for r0 in range(r_begin, r_end, block):
         r1 = min(r_end, r0 + block)
         d = delta[L - 1][r_begin:r_begin + r1 - r0]
         _output_delta(a[L][r0:r1], y[r0:r1], loss_code, codes[L - 1], d)
         for l in range(L - 1, -1, -1):
-            _add_gradient(d, a[l][r0:r1], dW[l], db[l][0], part_W[l], part_b[l][0],
-                          r0 == r_begin)
+            if not fold:
+                _add_gradient(d, a[l][r0:r1], dW[l], db[l][0], part_W[l], part_b[l][0],
+                              r0 == r_begin)
+            d_prev = delta[max(l - 1, 0)][r_begin:r_begin + r1 - r0]
             if l > 0:                                # delta through W_l, before its update
-                d_prev = delta[l - 1][r_begin:r_begin + r1 - r0]
                 np.dot(d, params[2 * l], d_prev)
                 _times_dsigma(d_prev, a[l][r0:r1], codes[l - 1])
-                d = d_prev
-
-
-def _backward_update(params, a, delta, y, codes, loss_code, db, gemm, blas, scale, lr, wd):
-    """_backward and _update in one for a step of one block without momentum:
-    each layer's update folded into its gradient GEMM, W = (1 - lr wd) W -
-    lr scale delta.T @ a_prev (gemm, blas: _gemm_update's), once the delta
-    has gone back through W.  The gradient is never written: one pass over W."""
-    L, B = len(codes), y.shape[0]
-    d = delta[L - 1][:B]
-    _output_delta(a[L][:B], y, loss_code, codes[L - 1], d)
-    for l in range(L - 1, -1, -1):
-        W, b = params[2 * l], params[2 * l + 1][0]
-        d_prev = delta[max(l - 1, 0)][:B]
-        if l > 0:
-            np.dot(d, W, d_prev)
-            _times_dsigma(d_prev, a[l][:B], codes[l - 1])
-        _column_sum(d, db[l][0])
-        _gemm_update(gemm, blas, W, d, a[l][:B], -lr * scale, 1 - lr * wd)
-        for j in range(b.shape[0]):
-            b[j] = b[j] - lr * (db[l][0][j] * scale + wd * b[j])
-        d = d_prev
+            if fold:
+                W, b, g = params[2 * l], params[2 * l + 1][0], db[l][0]
+                _column_sum(d, g)
+                _gemm_update(gemm, blas, W, d, a[l][r0:r1], -lr * scale, 1 - lr * wd)
+                for j in range(b.shape[0]):
+                    b[j] = b[j] - lr * (g[j] * scale + wd * b[j])
+            d = d_prev
 
 
 def _epoch(params, velocities, a, delta, dW, db, part_W, part_b, y, codes, hand, block, gemm,
@@ -206,7 +196,7 @@ def _epoch(params, velocities, a, delta, dW, db, part_W, part_b, y, codes, hand,
     empty) are updated in place; a (a_0..a_L), delta, dW, db (1, n), their
     block scratch part_W, part_b and y are the buffers; hand and block as
     _forward_cost's; a step of one block without momentum folds its update
-    into the gradient GEMMs (_backward_update: gemm, blas).  step_costs[s] =
+    into the gradient GEMMs (_backward's fold: gemm, blas).  step_costs[s] =
     step s's sum of C0;
     stops before the update of the first step whose cost was not finite.
     Returns (n_correct, bad_step, _TABLE_HASH)."""
@@ -220,12 +210,10 @@ def _epoch(params, velocities, a, delta, dW, db, part_W, part_b, y, codes, hand,
             bad_step = s
             break
         n_correct += correct
-        if B <= block and len(velocities) == 0:
-            _backward_update(params, a, delta, y, codes, loss_code, db, gemm, blas, scale, lr,
-                             wd)
-        else:
-            _backward(params, a, delta, y, codes, 0, B, block, loss_code, dW, db, part_W,
-                      part_b)
+        fold = B <= block and len(velocities) == 0
+        _backward(params, a, delta, y, codes, 0, B, block, loss_code, dW, db, part_W, part_b,
+                  fold, gemm, blas, scale, lr, wd)
+        if not fold:
             _update(params, velocities, dW, db, scale, lr, mu, wd)
     return n_correct, bad_step, _TABLE_HASH
 
@@ -233,14 +221,14 @@ def _epoch(params, velocities, a, delta, dW, db, part_W, part_b, y, codes, hand,
 # -- one step split over threads: each runs a part of the rows (_part_op, the
 #    GIL released), then one adds the parts' gradients and updates ------------------
 def _part_op(params, a, delta, y, codes, hand, X, Y, order, start, r_begin, r_end, block,
-             loss_code, tiny, dW, db, part_W, part_b):
+             loss_code, tiny, dW, db, part_W, part_b, gemm, blas):
     """Rows r_begin:r_end of the step whose batch is order[start:]: forward,
     cost and (if the cost is finite) their gradient sums into dW, db."""
     cost, correct = _forward_cost(params, a, y, codes, hand, X, Y, order, start, r_begin,
                                   r_end, block, loss_code, tiny)
-    if math.isfinite(cost):
+    if math.isfinite(cost):           # gemm, blas: unused (no fold), _backward's types
         _backward(params, a, delta, y, codes, r_begin, r_end, block, loss_code, dW, db, part_W,
-                  part_b)
+                  part_b, False, gemm, blas, tiny, tiny, tiny)
     return cost, correct, _TABLE_HASH
 
 
@@ -291,9 +279,9 @@ _ENTRY_POINTS = (_epoch, _part_op, _update_op, _bias_sigma_op, _output_delta_op,
                  _times_dsigma_op, _gradient_scale_op)
 _TABLE_KERNELS = {f.__name__: f for f in (_dense_forward, _bias_sigma, _times_dsigma,
                                            _output_delta, _forward_cost, _backward,
-                                           _backward_update, *_ENTRY_POINTS)}
+                                           *_ENTRY_POINTS)}
 #: compiled once and called (by the epoch and _part_op), not inlined into each
-_CALLED = (_forward_cost, _backward, _backward_update)
+_CALLED = (_forward_cost, _backward)
 _KERNEL_SETS = {}            # table key -> the globals of its kernels
 _table_key = None
 _checked = set()             # (table key, X and Y types): compiled epochs checked here
