@@ -85,13 +85,15 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("momentum", [0.8, 0.0])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("sizes,hidden,loss,out", CASES)
-def test_train_epoch_matches_the_loop(sizes, hidden, loss, out, dtype):
-    """Momentum, weight decay, a ragged last batch (23 rows, batch 4)."""
+def test_train_epoch_matches_the_loop(sizes, hidden, loss, out, dtype, momentum):
+    """Momentum (or none: the update folded into the gradient GEMMs), weight
+    decay, a ragged last batch (23 rows, batch 4)."""
     params, X, Y, order = problem(sizes, 23, len(sizes) * 10 + len(str(hidden)), dtype)
     acts = (hidden,) * (len(sizes) - 2) + (out,)
-    hyper = Hyper(acts, losses.get(loss), 4, lr=0.3, momentum=0.8, weight_decay=0.01)
+    hyper = Hyper(acts, losses.get(loss), 4, lr=0.3, momentum=momentum, weight_decay=0.01)
     p, costs, correct, bad = fused(params, X, Y, order, hyper)
     ref, ref_costs, ref_correct = reference(params, X, Y, order, hyper)
     assert bad == -1 and correct == ref_correct
