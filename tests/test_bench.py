@@ -244,6 +244,33 @@ def test_the_paths_target_holds_auto_to_its_faster_path(told, met):
     assert t["peer"] == "paths" and t["value"] == min(told) and t["met"] is met
 
 
+def test_timed_rounds_rotate_and_a_failing_peer_drops_out(monkeypatch):
+    """Each round starts one case later, so no case always follows the same
+    one; a peer that fails is reported and the others go on."""
+    from gpubackprop.bench import timing
+
+    monkeypatch.setattr(timing, "SETTLE_S", 0)
+    ran = []
+
+    class Fake:
+        def __init__(self, name, fail_on=None):
+            self.impl = self.name = name
+            self.role, self.fail_on, self.calls = "peer", fail_on, 0
+
+        def run(self):
+            self.calls += 1
+            if self.calls == self.fail_on:
+                raise RuntimeError("broken")
+            ran.append(self.name)
+
+    cases = [Fake("a"), Fake("b"), Fake("c", fail_on=4)]      # c: warm-up, then 2 runs
+    times, failed = timing.time_cases(cases, repeats=4, warmup=1)
+    assert ran[:3] == ["a", "b", "c"]                          # the warm-ups
+    assert ran[3:] == ["a", "b", "c", "b", "c", "a", "a", "b", "b", "a"]
+    assert {c.name: len(t) for c, t in times.items()} == {"a": 4, "b": 4}
+    assert failed == [("c", "failed: RuntimeError: broken")]
+
+
 def test_output_paths():
     p = argparse.ArgumentParser()
     cli.add_arguments(p)

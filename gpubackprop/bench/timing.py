@@ -2,7 +2,9 @@
 
 Every case runs `warmup` times first (JIT compilation, autotuning, caches,
 allocator pools), then the timed runs go round-robin over the cases, so a
-change in machine load hits them alike.  Each timed run ends with a device
+change in machine load hits them alike; each round starts one case later
+than the last, so what runs just before a case (a peer's spinning threads)
+changes from round to round.  Each timed run ends with a device
 synchronisation inside the timed region.  A row's figure is the median time;
 its spread is the interquartile range and min-max of samples/s.
 """
@@ -26,8 +28,8 @@ def stats(values):
 
 
 def time_cases(cases, repeats, warmup, say=None):
-    """Warm up every case, then time `repeats` runs of each, round-robin,
-    each after a rest of SETTLE_S.
+    """Warm up every case, then time `repeats` runs of each, round-robin
+    (rotated by one case each round), each after a rest of SETTLE_S.
 
     Returns ({case: [seconds, ...]}, [(impl, reason)] for the cases that failed).
     A failing peer is dropped and reported; ours failing raises."""
@@ -44,7 +46,8 @@ def time_cases(cases, repeats, warmup, say=None):
             failed.append((case.impl, f"failed: {type(exc).__name__}: {exc}"))
     times = {case: [] for case in live}
     for r in range(repeats):
-        for case in list(live):
+        k = r % max(len(live), 1)        # each round starts one case later: no case
+        for case in live[k:] + live[:k]:  # always runs right after the same one
             try:
                 time.sleep(SETTLE_S)
                 t0 = time.perf_counter()
