@@ -309,24 +309,11 @@ class NumbaCPUBackend(Backend):
         sums = [(dW, db)] + own[parts:]
         return [(*sums[p], *own[p]) for p in range(parts)] + [more]
 
-    def _lists(self, params, state, ws, rows):
+    @staticmethod
+    def _lists(params, state, ws, rows):
         """Typed Lists (one compiled signature at every depth) of the 2-D arrays:
         [W_1, b_1 (1, n_1), ...], the velocities alike (or none), the first
-        `rows` rows of a_0..a_L and of the deltas, and the dW and db (1, n) buffers.
-        The last few made are kept (they hold the arrays, so no other array
-        can take an id of a key while it is kept): every fit of a network
-        makes the same, one for its full batches and one for a smaller last."""
-        key = (tuple(id(p) for pair in params for p in pair),
-               tuple(id(v) for pair in state.velocities for v in pair), id(ws), rows)
-        kept = self.__dict__.setdefault("_kept_lists", {})
-        if key not in kept:
-            if len(kept) > 2:
-                kept.clear()
-            kept[key] = self._make_lists(params, state, ws, rows)
-        return kept[key]
-
-    @staticmethod
-    def _make_lists(params, state, ws, rows):
+        `rows` rows of a_0..a_L and of the deltas, and the dW and db (1, n) buffers."""
         groups = ([p for W, b in params for p in (W, b.reshape(1, -1))],
                   [v for vW, vb in state.velocities if vW is not None
                    for v in (vW, vb.reshape(1, -1))],
