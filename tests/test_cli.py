@@ -1,4 +1,5 @@
 """The gpubackprop command line."""
+import importlib
 import re
 import subprocess
 import sys
@@ -136,6 +137,21 @@ def test_info_lists_every_backend_for_every_device_kind(capsys):
         assert line.group(1) == "available" or len(line.group(1)) > 10    # or why not
     if "cuda:0" not in out:                        # no usable GPU: the reason and a hint
         assert re.search(r"^  cuda: CUDA is not usable.*\n    hint: ", out, re.M)
+    # the BLAS each library runs and the kernels OpenBLAS picked (numba's np.dot: SciPy's)
+    assert re.search(r"^  BLAS +scipy's \w+ [\d.]+: \w+ kernels, \d+ threads$", out, re.M), out
+
+
+def test_info_warns_of_avx2_blas_kernels_on_an_avx512_cpu(capsys, monkeypatch):
+    device = importlib.import_module("gpubackprop.device")
+    monkeypatch.setattr(device, "_cpu_flags", lambda: ["avx2", "avx512f"])
+    monkeypatch.setattr(device, "cpu_blas", lambda: [
+        {"library": "numpy", "api": "openblas", "version": "0.3.31", "kernels": "Haswell",
+         "threads": 2}])
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "BLAS        numpy's openblas 0.3.31: Haswell kernels, 2 threads" in out
+    assert re.search(r"^    note: OpenBLAS runs Haswell \(AVX2\) kernels .*OPENBLAS_CORETYPE",
+                     out, re.M), out
 
 
 @pytest.mark.parametrize("reason, hint", [
