@@ -9,13 +9,14 @@ import pathlib
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 from reference import rel_err
 from gpubackprop import bench
-from gpubackprop.bench import cli, machine, run
+from gpubackprop.bench import cli, machine, report, run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -26,7 +27,7 @@ TOP_KEYS = {"schema", "complete", "date", "commit", "version", "command", "profi
             "warnings", "machine"}
 ROW_KEYS = {"regime", "device", "impl", "role", "label", "backend", "batch", "samples_per_run",
             "steps_per_run", "times_s", "time_s", "samples_per_s", "gflops", "gemm_fraction",
-            "ratio", "notes"}
+            "ratio", "notes", "path"}
 STAT_KEYS = {"median", "q1", "q3", "iqr", "min", "max", "n"}
 
 
@@ -229,19 +230,26 @@ def test_targets_only_at_their_shapes():
     assert run.targets(result, "quick", [small]) == []
 
 
-@pytest.mark.parametrize("told, met", [((1.02, 1.6), True), ((0.93, 1.0), False)])
-def test_the_paths_target_holds_auto_to_its_faster_path(told, met):
+@pytest.mark.parametrize("told, auto_ran, met", [
+    ((1.02, 1.6), None, True), ((0.93, 1.0), None, False),
+    ((0.93, 1.0), "fast-path", True), ((0.93, 1.0), "loop", False), ((1.6, 0.93), "loop", True)])
+def test_the_paths_target_holds_auto_to_its_faster_path(told, auto_ran, met):
     """auto within 5% of the faster of its own fast path and loop (the told
-    rows' time / auto's time >= 0.95)."""
+    rows' time / auto's time >= 0.95), or running that row's very code (the
+    rows then differ by run-to-run spread alone, and the line says so)."""
     full = bench.PROFILES["full"].regime("narrow")
     rows = [{"regime": "narrow", "device": "cpu", "role": "ours", "impl": "gpubackprop",
-             "ratio": 1.0, "gemm_fraction": 0.6}] + [
-        {"regime": "narrow", "device": "cpu", "role": "ours-backend",
+             "ratio": 1.0, "gemm_fraction": 0.6, "path": auto_ran}] + [
+        {"regime": "narrow", "device": "cpu", "role": "ours-backend", "path": path,
          "impl": f"gpubackprop[numba:{path}]", "ratio": r, "gemm_fraction": 0.6}
         for path, r in zip(("fast-path", "loop"), told)]
     result = {"results": rows, "devices": ["cpu"], "peers": ["paths"]}
     (t,) = run.targets(result, "quick", [full])
     assert t["peer"] == "paths" and t["value"] == min(told) and t["met"] is met
+    line = report._target_line(t)
+    same_code = auto_ran == ("fast-path", "loop")[told.index(min(told))]
+    assert ("the faster row's code" in line) is same_code, line
+    assert line.endswith(")" if same_code else ("met" if met else "MISSED")), line
 
 
 def test_timed_rounds_rotate_and_a_failing_peer_drops_out(monkeypatch):
@@ -250,6 +258,7 @@ def test_timed_rounds_rotate_and_a_failing_peer_drops_out(monkeypatch):
     from gpubackprop.bench import timing
 
     monkeypatch.setattr(timing, "SETTLE_S", 0)
+    monkeypatch.setattr(timing, "SHORT_RUN_S", 0)       # no untimed runs between
     ran = []
 
     class Fake:
@@ -269,6 +278,33 @@ def test_timed_rounds_rotate_and_a_failing_peer_drops_out(monkeypatch):
     assert ran[3:] == ["a", "b", "c", "b", "c", "a", "a", "b", "b", "a"]
     assert {c.name: len(t) for c, t in times.items()} == {"a": 4, "b": 4}
     assert failed == [("c", "failed: RuntimeError: broken")]
+
+
+def test_a_short_case_runs_untimed_before_each_timed_run(monkeypatch):
+    """A case whose warm-up took under SHORT_RUN_S runs once more, untimed,
+    before each timed run (steady state, not the cold start after another
+    case); a longer one does not, and only timed runs are recorded."""
+    from gpubackprop.bench import timing
+
+    monkeypatch.setattr(timing, "SETTLE_S", 0)
+    monkeypatch.setattr(timing, "SHORT_RUN_S", 0.05)
+    ran = []
+
+    class Fake:
+        role = "peer"
+
+        def __init__(self, name, seconds):
+            self.impl, self.seconds = name, seconds
+
+        def run(self):
+            ran.append(self.impl)
+            time.sleep(self.seconds)
+
+    short, long_ = Fake("short", 0), Fake("long", 0.06)
+    times, failed = timing.time_cases([short, long_], repeats=2, warmup=1)
+    assert ran == ["short", "long", "short", "short", "long", "long", "short", "short"]
+    assert [len(times[c]) for c in (short, long_)] == [2, 2] and failed == []
+    assert max(times[short]) < 0.05 <= min(times[long_])
 
 
 def test_output_paths():

@@ -35,7 +35,8 @@ class Case:
     """One implementation on one device for one regime.
 
     impl: the key in the JSON ("gpubackprop", "gpubackprop[numpy]", "torch-eager", ...);
-    role: "ours" (auto), "ours-backend" (another of our backends), "peer" or "gemm"."""
+    role: "ours" (auto), "ours-backend" (another of our backends), "peer" or "gemm";
+    path: for ours, the path its runs took ("fast-path" or "loop"), else None."""
 
     role = "peer"
 
@@ -43,6 +44,7 @@ class Case:
         self.impl, self.label, self.device, self.regime = impl, label, device, regime
         self.backend = None
         self.notes = ""
+        self.path = None
 
     def run(self):
         raise NotImplementedError
@@ -88,6 +90,8 @@ class OursCase(Case):
                 f"gpubackprop ({name}, {path})"
             self.role = "ours-backend"
         super().__init__(impl, label, device, regime)
+        if fast_path != "auto":
+            self.path = "fast-path" if fast_path else "loop"
         self.backend = name
         self.trainer = Trainer(self.net, loss=regime.loss, optimizer=SGD(lr=regime.lr),
                                batch_size=regime.batch, seed=seed, fast_path=fast_path,
@@ -103,6 +107,7 @@ class OursCase(Case):
         self.dev.synchronize()
         if self.role == "ours":
             c = self.trainer.path_choice
+            self.path = "fast-path" if c.fast_path else "loop"
             self.notes = f"ran the {'fast path' if c.fast_path else 'loop'}: {c.reason}"
 
 

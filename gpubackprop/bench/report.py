@@ -134,7 +134,8 @@ def _target_line(t):
     else:
         goal, val = f"{t['minimum']:g}x", _times(t["value"])
     status = "not measured" if t["met"] is None else ("met" if t["met"] else "MISSED")
-    return f"{t['regime']} on {t['device']}: {t['what']} >= {goal}: {val} {status}"
+    note = f" ({t['note']})" if t.get("note") else ""
+    return f"{t['regime']} on {t['device']}: {t['what']} >= {goal}: {val} {status}{note}"
 
 
 def format_table(result, markdown=False):

@@ -4,7 +4,9 @@ Every case runs `warmup` times first (JIT compilation, autotuning, caches,
 allocator pools), then the timed runs go round-robin over the cases, so a
 change in machine load hits them alike; each round starts one case later
 than the last, so what runs just before a case (a peer's spinning threads)
-changes from round to round.  Each timed run ends with a device
+changes from round to round.  A case whose run is short runs once more,
+untimed, right before each timed run: the figure is the steady rate of
+training, not the first milliseconds after another case took the caches.  Each timed run ends with a device
 synchronisation inside the timed region.  A row's figure is the median time;
 its spread is the interquartile range and min-max of samples/s.
 """
@@ -17,6 +19,12 @@ import numpy as np
 #: after their last parallel region, and on a 2-core machine that spin takes
 #: the cores from whatever runs next (seen: 2-3x slower runs right after PyTorch)
 SETTLE_S = 0.3
+#: a case whose warm-up run took less than this runs once untimed before each
+#: timed run: the previous case (or the rest) leaves the caches and the clock
+#: cold, and the first milliseconds of a run are slower (seen: Nielsen's
+#: 15 ms quick run read 13 us/step back to back, 15 after the rest, 18 in
+#: the bench, where a peer ran before it); a long run amortises that itself
+SHORT_RUN_S = 0.2
 
 
 def stats(values):
@@ -29,16 +37,22 @@ def stats(values):
 
 def time_cases(cases, repeats, warmup, say=None):
     """Warm up every case, then time `repeats` runs of each, round-robin
-    (rotated by one case each round), each after a rest of SETTLE_S.
+    (rotated by one case each round), each after a rest of SETTLE_S and,
+    for a case whose warm-up run took under SHORT_RUN_S, an untimed run.
 
     Returns ({case: [seconds, ...]}, [(impl, reason)] for the cases that failed).
     A failing peer is dropped and reported; ours failing raises."""
     failed = []
-    live = []
+    live, short = [], set()
     for case in cases:
         try:
+            took = None
             for _ in range(warmup):
+                t0 = time.perf_counter()
                 case.run()
+                took = time.perf_counter() - t0
+            if took is not None and took < SHORT_RUN_S:    # the last warm-up: compiled
+                short.add(case)
             live.append(case)
         except Exception as exc:
             if case.role == "ours":
@@ -50,6 +64,8 @@ def time_cases(cases, repeats, warmup, say=None):
         for case in live[k:] + live[:k]:  # always runs right after the same one
             try:
                 time.sleep(SETTLE_S)
+                if case in short:
+                    case.run()
                 t0 = time.perf_counter()
                 case.run()
                 dt = time.perf_counter() - t0
@@ -85,6 +101,7 @@ def rows(regime, times):
         sps["median"] = regime.samples / t_med        # the median time's rate
         out.append({"regime": regime.name, "device": case.device, "impl": case.impl,
                     "role": case.role, "label": case.label, "backend": case.backend,
+                    "path": case.path,
                     "batch": regime.batch, "samples_per_run": regime.samples,
                     "steps_per_run": regime.steps, "times_s": [round(t, 6) for t in ts],
                     "time_s": t_med, "samples_per_s": sps,
