@@ -252,9 +252,10 @@ def test_the_paths_target_holds_auto_to_its_faster_path(told, auto_ran, met):
     assert line.endswith(")" if same_code else ("met" if met else "MISSED")), line
 
 
-def test_timed_rounds_rotate_and_a_failing_peer_drops_out(monkeypatch):
-    """Each round starts one case later, so no case always follows the same
-    one; a peer that fails is reported and the others go on."""
+def test_timed_rounds_shuffle_and_a_failing_peer_drops_out(monkeypatch):
+    """Each round takes the cases in another order (seeded: the same every
+    run), so no case always follows the same one; a peer that fails is
+    reported and the others go on."""
     from gpubackprop.bench import timing
 
     monkeypatch.setattr(timing, "SETTLE_S", 0)
@@ -272,12 +273,25 @@ def test_timed_rounds_rotate_and_a_failing_peer_drops_out(monkeypatch):
                 raise RuntimeError("broken")
             ran.append(self.name)
 
-    cases = [Fake("a"), Fake("b"), Fake("c", fail_on=4)]      # c: warm-up, then 2 runs
-    times, failed = timing.time_cases(cases, repeats=4, warmup=1)
-    assert ran[:3] == ["a", "b", "c"]                          # the warm-ups
-    assert ran[3:] == ["a", "b", "c", "b", "c", "a", "a", "b", "b", "a"]
-    assert {c.name: len(t) for c, t in times.items()} == {"a": 4, "b": 4}
-    assert failed == [("c", "failed: RuntimeError: broken")]
+    def timed(fail_on=None):
+        ran.clear()
+        cases = [Fake("a"), Fake("b"), Fake("c"), Fake("d", fail_on=fail_on)]
+        return timing.time_cases(cases, repeats=6, warmup=1), list(ran)
+
+    (times, failed), order = timed()
+    assert order[:4] == ["a", "b", "c", "d"]                   # the warm-ups, in order
+    rounds = [order[4 + 4 * r:8 + 4 * r] for r in range(6)]
+    assert all(sorted(r) == ["a", "b", "c", "d"] for r in rounds)
+    before = {}
+    for r in rounds:
+        for prev, case in zip(r, r[1:]):
+            before.setdefault(case, set()).add(prev)
+    assert all(len(p) > 1 for p in before.values()), before   # no fixed neighbour
+    assert len({tuple(r) for r in rounds}) > 2
+    assert timed()[1] == order                                # seeded: the same each run
+    (times, failed), order = timed(fail_on=4)                 # d: warm-up, 2 runs, fails
+    assert {c.name: len(t) for c, t in times.items()} == {"a": 6, "b": 6, "c": 6}
+    assert failed == [("d", "failed: RuntimeError: broken")] and order.count("d") == 3
 
 
 def test_a_short_case_runs_untimed_before_each_timed_run(monkeypatch):
@@ -302,7 +316,9 @@ def test_a_short_case_runs_untimed_before_each_timed_run(monkeypatch):
 
     short, long_ = Fake("short", 0), Fake("long", 0.06)
     times, failed = timing.time_cases([short, long_], repeats=2, warmup=1)
-    assert ran == ["short", "long", "short", "short", "long", "long", "short", "short"]
+    assert ran[:2] == ["short", "long"]                       # the warm-ups
+    timed = "".join(name[0] for name in ran[2:]).replace("ss", "S")
+    assert sorted(timed) == ["S", "S", "l", "l"], ran          # short: twice in a row
     assert [len(times[c]) for c in (short, long_)] == [2, 2] and failed == []
     assert max(times[short]) < 0.05 <= min(times[long_])
 

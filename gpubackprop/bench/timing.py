@@ -2,9 +2,12 @@
 
 Every case runs `warmup` times first (JIT compilation, autotuning, caches,
 allocator pools), then the timed runs go round-robin over the cases, so a
-change in machine load hits them alike; each round starts one case later
-than the last, so what runs just before a case (a peer's spinning threads)
-changes from round to round.  A case whose run is short runs once more,
+change in machine load hits them alike; each round takes the cases in its
+own shuffled order (seeded by the round), so what runs just before a case
+(a peer's spinning threads, its data in the caches) changes from round to
+round: a fixed cyclic order, rotated or not, puts every case after the same
+neighbour each time (seen: auto always after the GEMM-only row read
+0.83-0.97x of the identical fast-path row that always followed auto).  A case whose run is short runs once more,
 untimed, right before each timed run: the figure is the steady rate of
 training, not the first milliseconds after another case took the caches.  Each timed run ends with a device
 synchronisation inside the timed region.  A row's figure is the median time;
@@ -37,7 +40,7 @@ def stats(values):
 
 def time_cases(cases, repeats, warmup, say=None):
     """Warm up every case, then time `repeats` runs of each, round-robin
-    (rotated by one case each round), each after a rest of SETTLE_S and,
+    (in a shuffled order each round), each after a rest of SETTLE_S and,
     for a case whose warm-up run took under SHORT_RUN_S, an untimed run.
 
     Returns ({case: [seconds, ...]}, [(impl, reason)] for the cases that failed).
@@ -60,8 +63,7 @@ def time_cases(cases, repeats, warmup, say=None):
             failed.append((case.impl, f"failed: {type(exc).__name__}: {exc}"))
     times = {case: [] for case in live}
     for r in range(repeats):
-        k = r % max(len(live), 1)        # each round starts one case later: no case
-        for case in live[k:] + live[:k]:  # always runs right after the same one
+        for case in [live[i] for i in np.random.default_rng(r).permutation(len(live))]:
             try:
                 time.sleep(SETTLE_S)
                 if case in short:
