@@ -235,17 +235,20 @@ def dispatcher(which, compile, wrap=None):
     return compile(namespace[which])
 
 
+def code_key(fn):
+    """A scalar function's math as text (its bytecode, constants and names):
+    the same text, the same function, in any process."""
+    if fn is None:
+        return "-"
+    c = fn.__code__
+    consts = tuple(k for k in c.co_consts if not hasattr(k, "co_code"))
+    return repr((c.co_code, consts, c.co_names))
+
+
 def fingerprint():
     """A stable integer naming the table's codes and scalar math (their
     bytecode), so a compiled-code cache built from another table is noticed."""
     import hashlib
-
-    def code_key(fn):
-        if fn is None:
-            return "-"
-        c = fn.__code__
-        consts = tuple(k for k in c.co_consts if not hasattr(k, "co_code"))
-        return repr((c.co_code, consts, c.co_names))
 
     text = repr([LEAKY_SLOPE] + [(n, r.code, code_key(r.sigma), code_key(r.dsigma))
                                   for n, r in TABLE.items()])

@@ -1,12 +1,14 @@
 """The compiled CPU epoch across processes: a cold first run is short and says
-it compiles, a cache-loaded run gives the same bits, and a cache entry built
-from another activation table is noticed and recompiled.
+it compiles, a cache-loaded run gives the same bits, a cache entry built
+from another activation table is noticed and recompiled, and kernels cached
+by different processes run each activation's own math side by side.
 
 Each run is a fresh Python process started outside the checkout (so the
 installed package is imported), with NUMBA_CACHE_DIR pointing at a temporary
 directory: the first run compiles, the later ones load what it cached.
 """
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -53,6 +55,39 @@ print("err", err, "hits", sum(stats.cache_hits.values()), "misses", sum(stats.ca
 """
 
 
+# Two kernels that both call the activation loops, each compiled and cached by
+# its own process, then loaded together.  Numba names compiled code by qualified
+# name, argument types and a counter that restarts in every process; SHIFT
+# throwaway compiles move that counter, so where the loops shared one name the
+# second kernel could hold relu's loop under the symbol the first holds tanh's
+# under, and the process that loads both ran one of them (seen: SHIFT 1 and 5
+# with numba 0.68).
+CLASH = r"""
+import sys
+import numpy as np
+from numba import njit
+from gpubackprop import activations
+from gpubackprop.backends import numba_cpu
+from gpubackprop.losses import Loss
+
+mode, shift = sys.argv[1], int(sys.argv[2])
+rng = np.random.default_rng(0)
+a, y = rng.random((300, 256), dtype=np.float32), rng.random((300, 256), dtype=np.float32)
+if mode in ("first", "both"):     # _output_delta_op: the sigma' loops, sigmoid's branch taken
+    numba_cpu._run("_output_delta_op", a, y, Loss.CODES["sse"], activations.CODES["sigmoid"],
+                   np.empty_like(a))
+for i in range(shift):
+    namespace = {}
+    exec(f"def throwaway_{i}(x):\n    return x + {i}", namespace)
+    njit(namespace[f"throwaway_{i}"])(1.0)
+if mode in ("second", "both"):    # _times_dsigma_op: the same loops, relu's
+    g, a = rng.standard_normal((2, 300, 256), dtype=np.float32)
+    got = g.copy()
+    numba_cpu._run("_times_dsigma_op", got, a, activations.CODES["relu"])
+    print("relu err", float(np.abs(got - g * (a > 0)).max()))
+"""
+
+
 def run(args, tmp_path, cache):
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
     t = time.perf_counter()
@@ -86,3 +121,19 @@ def test_cold_run_compiles_once_and_a_cached_run_has_the_same_bits(tmp_path):
     assert hits >= 1 and misses >= 1           # loaded the stale entry, then recompiled
     assert err <= 1e-12
     assert np.isfinite(err)
+
+
+@pytest.mark.slow
+def test_kernels_cached_by_different_processes_keep_their_own_activations(tmp_path):
+    """One process caches _output_delta_op, another (its compile counter moved
+    by SHIFT throwaway functions) caches _times_dsigma_op; a third loads both
+    and relu's sigma' must still be relu's."""
+    first = tmp_path / "first"
+    run(["-c", CLASH, "first", "0"], tmp_path, first)
+    for shift in range(7):
+        cache = tmp_path / f"shift-{shift}"
+        shutil.copytree(first, cache)
+        run(["-c", CLASH, "second", str(shift)], tmp_path, cache)
+        out, _ = run(["-c", CLASH, "both", "0"], tmp_path, cache)
+        err = float(out.split("relu err")[1].split()[0])
+        assert err == 0.0, f"shift {shift}: relu's sigma' off by {err}"

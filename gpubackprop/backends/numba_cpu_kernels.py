@@ -37,6 +37,7 @@ use several BLAS threads, a large step's parts add their gradients in part
 order, and another count (`threads=`) can change the last bits.
 """
 import contextlib
+import hashlib
 import math
 import threading
 
@@ -88,26 +89,39 @@ def _times_dsigma(g, a, code):
 def _sigma_loop(sigma):
     """a = sigma(a + b) element by element for x = (a, b), a loop per
     activation (the code is looked up once per array: the loop can vectorise)."""
-    @njit
     def loop(x):
         a, b = x
         for i in range(a.shape[0]):
             for j in range(a.shape[1]):
                 a[i, j] = sigma(a[i, j] + b[j])
         return x
-    return loop
+    return _named_loop(loop, sigma)
 
 
 def _dsigma_loop(dsigma):
     """g *= dsigma(a) element by element, for x = (g, a)."""
-    @njit
     def loop(x):
         g, a = x
         for i in range(g.shape[0]):
             for j in range(g.shape[1]):
                 g[i, j] = g[i, j] * dsigma(a[i, j])
         return x
-    return loop
+    return _named_loop(loop, dsigma)
+
+
+def _named_loop(loop, scalar):
+    """loop compiled under a name of its own: its scalar function's name and
+    a hash of its math (`_sigma_loop._relu_1f2e3d4c`).  Numba names compiled
+    code by qualified name, argument types and a counter that restarts in
+    every process, so with one name for every activation's loop two kernels
+    compiled in different processes and loaded from the disk cache could hold
+    different loops under one symbol, and one kernel then ran the other's
+    activation (a relu network trained with tanh, 4x slower, after another
+    network's epoch ran in the same process)."""
+    fn = getattr(scalar, "py_func", scalar)
+    math_hash = hashlib.sha256(activations.code_key(fn).encode()).hexdigest()[:8]
+    loop.__qualname__ = f"{loop.__qualname__.split('.')[0]}.{fn.__name__}_{math_hash}"
+    return njit(loop)
 
 
 def _output_delta(a, y, loss_code, code, delta):
