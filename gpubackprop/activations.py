@@ -223,8 +223,11 @@ def dispatcher(which, compile, wrap=None):
     numba.cuda.jit(device=True)): the if-chain on `code` that compiled kernels
     call, built from TABLE so a new row needs no kernel edit.  `wrap(fn)`, if
     given, makes what a branch calls from a row's scalar function (say, a
-    loop applying it to a whole array x); without it an unknown code gives NaN."""
-    namespace, lines = {"nan": math.nan}, [f"def {which}(code, x):"]
+    loop applying it to a whole array x); without it an unknown code gives NaN.
+    The function is named after the table (its fingerprint): compiled code
+    cached by another process from another table keeps another name."""
+    function = f"{which}_{fingerprint():x}"
+    namespace, lines = {"nan": math.nan}, [f"def {function}(code, x):"]
     for name, row in TABLE.items():
         fn = getattr(row, which)
         if fn is not None:
@@ -232,7 +235,7 @@ def dispatcher(which, compile, wrap=None):
             lines.append(f"    if code == {row.code}:\n        return {which}_{name}(x)")
     lines.append("    return x" if wrap else "    return nan")
     exec("\n".join(lines), namespace)        # noqa: S102 - source built from the table
-    return compile(namespace[which])
+    return compile(namespace[function])
 
 
 def code_key(fn):
