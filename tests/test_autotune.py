@@ -73,6 +73,28 @@ def test_measured_once_recorded_and_reused(record, monkeypatch, caplog):
     assert third.path_choice.source == "recorded" and record.name in third.path_choice.reason
 
 
+def test_the_record_is_read_again_only_when_it_changed(record, monkeypatch):
+    """Every fit of auto asks for its choice: an unchanged file is not parsed
+    again, and one another process rewrote is."""
+    X, y = data()
+    trainer().fit(X, y, epochs=1)                       # measured and recorded
+    reads = []
+    real_read = autotune._read
+    monkeypatch.setattr(autotune, "_read", lambda: reads.append(1) or real_read())
+    fits = trainer()
+    for _ in range(3):
+        fits.fit(X, y, epochs=1)
+        assert fits.path_choice.source == "recorded"
+    assert len(reads) <= 1
+    saved = json.loads(record.read_text())            # another process flips the choice
+    (mine,) = saved["machines"].values()
+    ((key, entry),) = mine["choices"].items()
+    entry["fast_path"] = not entry["fast_path"]
+    record.write_text(json.dumps(saved))
+    fits.fit(X, y, epochs=1)
+    assert fits.path_choice.fast_path == entry["fast_path"] and len(reads) == 2
+
+
 def test_measuring_changes_nothing_in_the_training(record):
     """The timed steps run on scratch copies: a measured fit has the bits of
     a fit told the same path."""
