@@ -275,7 +275,7 @@ def _in_file(section="choices"):
 def _stamp():
     """The record file as it is now (path, modification time, size, inode), so
     a fit that finds it unchanged reuses what the last one read: every fit of
-    `auto` asks for its choice, and parsing the file took ~0.3 ms of each."""
+    `auto` asks for its choice, and parsing the file was most of the asking."""
     path = cache_path()
     try:
         st = os.stat(path)

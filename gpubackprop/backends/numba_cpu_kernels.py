@@ -116,8 +116,8 @@ def _named_loop(loop, scalar):
     every process, so with one name for every activation's loop two kernels
     compiled in different processes and loaded from the disk cache could hold
     different loops under one symbol, and one kernel then ran the other's
-    activation (a relu network trained with tanh, 4x slower, after another
-    network's epoch ran in the same process)."""
+    activation (a relu network trained with tanh after another network's
+    epoch had run in the same process)."""
     fn = getattr(scalar, "py_func", scalar)
     math_hash = hashlib.sha256(activations.code_key(fn).encode()).hexdigest()[:8]
     loop.__qualname__ = f"{loop.__qualname__.split('.')[0]}.{fn.__name__}_{math_hash}"

@@ -84,14 +84,13 @@ class OursCase(Case):
         name = self.net.backend.name
         impl = "gpubackprop" if backend == "auto" else f"gpubackprop[{name}]"
         label = f"gpubackprop (auto = {name})" if backend == "auto" else f"gpubackprop ({name})"
-        if fast_path != "auto":                  # one of auto's paths, told
-            path = "fast path" if fast_path else "loop"
-            impl, label = f"gpubackprop[{name}:{path.replace(' ', '-')}]", \
-                f"gpubackprop ({name}, {path})"
+        path = None if fast_path == "auto" else "fast-path" if fast_path else "loop"
+        if path is not None:                     # one of auto's paths, told
+            impl, label = f"gpubackprop[{name}:{path}]", \
+                f"gpubackprop ({name}, {path.replace('-', ' ')})"
             self.role = "ours-backend"
         super().__init__(impl, label, device, regime)
-        if fast_path != "auto":
-            self.path = "fast-path" if fast_path else "loop"
+        self.path = path
         self.backend = name
         self.trainer = Trainer(self.net, loss=regime.loss, optimizer=SGD(lr=regime.lr),
                                batch_size=regime.batch, seed=seed, fast_path=fast_path,

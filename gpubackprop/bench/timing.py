@@ -3,15 +3,14 @@
 Every case runs `warmup` times first (JIT compilation, autotuning, caches,
 allocator pools), then the timed runs go round-robin over the cases, so a
 change in machine load hits them alike; each round takes the cases in its
-own shuffled order (seeded by the round), so what runs just before a case
-(a peer's spinning threads, its data in the caches) changes from round to
-round: a fixed cyclic order, rotated or not, puts every case after the same
-neighbour each time (seen: auto always after the GEMM-only row read
-0.83-0.97x of the identical fast-path row that always followed auto).  A case whose run is short runs once more,
-untimed, right before each timed run: the figure is the steady rate of
-training, not the first milliseconds after another case took the caches.  Each timed run ends with a device
-synchronisation inside the timed region.  A row's figure is the median time;
-its spread is the interquartile range and min-max of samples/s.
+own shuffled order (seeded by the round), so what runs just before a case (a
+peer's spinning threads, its data in the caches) changes from round to round:
+a fixed cyclic order, rotated or not, puts every case after the same
+neighbour in every round.  A case whose run is short runs once more, untimed,
+right before each timed run: its figure is the steady rate of training, not
+the first milliseconds after another case took the caches.  Each timed run
+ends with a device synchronisation inside the timed region.  A row's figure
+is the median time; its spread is the interquartile range and min-max of samples/s.
 """
 import time
 
@@ -23,10 +22,8 @@ import numpy as np
 #: the cores from whatever runs next (seen: 2-3x slower runs right after PyTorch)
 SETTLE_S = 0.3
 #: a case whose warm-up run took less than this runs once untimed before each
-#: timed run: the previous case (or the rest) leaves the caches and the clock
-#: cold, and the first milliseconds of a run are slower (seen: Nielsen's
-#: 15 ms quick run read 13 us/step back to back, 15 after the rest, 18 in
-#: the bench, where a peer ran before it); a long run amortises that itself
+#: timed run: the rest and the previous case leave the caches and the clock
+#: cold, which a short run feels in full and a long one amortises itself
 SHORT_RUN_S = 0.2
 
 
@@ -54,7 +51,7 @@ def time_cases(cases, repeats, warmup, say=None):
                 t0 = time.perf_counter()
                 case.run()
                 took = time.perf_counter() - t0
-            if took is not None and took < SHORT_RUN_S:    # the last warm-up: compiled
+            if took is not None and took < SHORT_RUN_S:    # the last: the first compiles
                 short.add(case)
             live.append(case)
         except Exception as exc:
