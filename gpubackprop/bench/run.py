@@ -257,7 +257,8 @@ def targets(result, profile, chosen):
             if ours is not None and peer == "paths":    # the faster told path's time / auto's
                 faster = min(told, key=lambda r: r["ratio"], default=None)
                 value = None if faster is None else faster["ratio"]
-                if faster is not None and ours.get("path") == faster.get("path") is not None:
+                if faster is not None and faster.get("path") is not None \
+                        and ours.get("path") == faster["path"]:
                     note = (f"auto ran the {faster['path'].replace('-', ' ')}, the faster "
                             "row's code: the two rows differ by run-to-run spread")
             elif ours is not None and other is not None:
