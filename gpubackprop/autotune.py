@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import __version__
+from .threads import usable_cores
 
 log = logging.getLogger("gpubackprop")
 
@@ -127,7 +128,7 @@ def _machine():
                         if line.startswith("model name")), cpu)
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     try:
         import scipy
         scipy_version = scipy.__version__

@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 
+from . import threads
 from .checks import choice
 
 INSTALL_HINT = ("install CuPy for your CUDA version: pip install 'gpubackprop[cuda12]' "
@@ -112,11 +113,31 @@ def all_finite(array):
         # or inf entry makes it NaN or inf and a finite x.x proves every
         # entry finite; one that overflows (entries past ~1e19 in float32)
         # is checked entry by entry below
-        flat = array.reshape(-1)
-        with np.errstate(over="ignore", invalid="ignore"):
-            if np.isfinite(np.dot(flat, flat)):
-                return True
+        if np.isfinite(_self_dot(array.reshape(-1))):
+            return True
     return bool(np.isfinite(array).all())
+
+
+#: entries from which x.x is split over the cores: one core alone does not
+#: reach the memory's bandwidth, and smaller arrays are not worth a hand-off
+PARALLEL_DOT = 1 << 20
+
+
+def _self_dot(flat):
+    """flat . flat for a 1-D array (overflow to inf is not an error here), in
+    one contiguous part per usable core (threads: BLAS releases the GIL) when
+    it is long; the parts' sums add up."""
+    parts = min(threads.usable_cores(), flat.size // PARALLEL_DOT)
+    chunks = np.array_split(flat, max(parts, 1))
+    others = [threads.pool(parts - 1).submit(_dot, c) for c in chunks[1:]]
+    total = _dot(chunks[0])
+    with np.errstate(over="ignore", invalid="ignore"):
+        return total + sum(f.result() for f in others)
+
+
+def _dot(x):
+    with np.errstate(over="ignore", invalid="ignore"):     # the state is per thread
+        return np.dot(x, x)
 
 
 def is_cupy_array(array):

@@ -112,6 +112,39 @@ def test_all_finite_finds_every_nan_and_inf(dtype, layout):
     assert all_finite(np.empty((0, 3), dtype))
 
 
+@pytest.mark.parametrize("cores", [2, 3])
+def test_all_finite_over_the_cores_finds_nan_and_inf_in_every_part(monkeypatch, cores):
+    """A long array's x.x is summed in one part per core on the thread pool:
+    a NaN or inf in any part, at its edges too, is found; overflowing finite
+    parts are checked entry by entry; part 0 runs here, the others on the pool."""
+    import threading
+
+    from gpubackprop import threads
+
+    device = device_module
+
+    monkeypatch.setattr(device, "PARALLEL_DOT", 100)
+    monkeypatch.setattr(threads, "usable_cores", lambda: cores)
+    calls = []
+    real_dot = device._dot
+    monkeypatch.setattr(device, "_dot",
+                        lambda x: calls.append((threading.get_ident(), x.size)) or real_dot(x))
+    X = np.random.default_rng(1).normal(size=(61, 11)).astype(np.float32)   # 671 entries
+    assert device.all_finite(X)
+    assert sum(size for _, size in calls) == X.size and len(calls) == cores
+    here = threading.get_ident()
+    assert sum(t == here for t, _ in calls) == 1
+    edges = [k * X.size // cores for k in range(cores)] + [X.size - 1]
+    for bad in (np.nan, np.inf, -np.inf):
+        for flat in sorted({e for k in edges for e in (k - 1, k) if 0 <= e < X.size}):
+            Y = X.copy()
+            Y.flat[flat] = bad
+            assert not device.all_finite(Y), (bad, flat)
+    huge = X.copy()
+    huge.flat[-1] = np.finfo(np.float32).max               # its part's x.x overflows
+    assert device.all_finite(huge)
+
+
 @pytest.mark.parametrize("kernels, flags, warned", [
     ("Haswell", ["avx2", "avx512f"], True), ("SkylakeX", ["avx2", "avx512f"], False),
     ("Haswell", ["avx2"], False)])

@@ -30,7 +30,6 @@ import contextlib
 import ctypes
 import functools
 import math
-import os
 import time
 
 import numba
@@ -40,6 +39,7 @@ from numba.typed import List
 
 from .. import activations, autotune
 from ..checks import choice, positive_int
+from ..threads import pool as thread_pool, usable_cores
 from . import numba_cpu_blocks as blocks, numba_cpu_kernels as kernels
 from .base import Backend
 
@@ -219,8 +219,7 @@ class NumbaCPUBackend(Backend):
     def _parts(self, rows):
         """Threads that share each step of `rows` rows: a part of at least
         PART_ROWS rows per thread (threads=, else every usable core)."""
-        threads = self.threads or (len(os.sched_getaffinity(0))
-                                   if hasattr(os, "sched_getaffinity") else os.cpu_count())
+        threads = self.threads or usable_cores()
         return max(1, min(threads, rows // PART_ROWS))
 
     def _hand_small_gemms(self, dtype):
@@ -268,7 +267,7 @@ class NumbaCPUBackend(Backend):
             params, a, delta, y, codes, hand, X, Y, order, 0, 0, 0, block, loss_code, tiny,
             *buffers[0][:4], *gemm))
         update = kernels.ready("_update_op", y.dtype, lambda: _scratch_update(y.dtype))
-        pool = _thread_pool(parts - 1)
+        pool = thread_pool(parts - 1)
         n_correct = 0
         for s in range(step_costs.shape[0]):
             def part(p, start=s * rows):
@@ -309,17 +308,27 @@ class NumbaCPUBackend(Backend):
         sums = [(dW, db)] + own[parts:]
         return [(*sums[p], *own[p]) for p in range(parts)] + [more]
 
-    @staticmethod
-    def _lists(params, state, ws, rows):
+    def _lists(self, params, state, ws, rows):
         """Typed Lists (one compiled signature at every depth) of the 2-D arrays:
         [W_1, b_1 (1, n_1), ...], the velocities alike (or none), the first
-        `rows` rows of a_0..a_L and of the deltas, and the dW and db (1, n) buffers."""
-        groups = ([p for W, b in params for p in (W, b.reshape(1, -1))],
-                  [v for vW, vb in state.velocities if vW is not None
-                   for v in (vW, vb.reshape(1, -1))],
-                  [a[:rows] for a in (ws.x, *ws.a)], [d[:rows] for d in ws.delta],
-                  [dW for dW, _ in ws.grads], [db.reshape(1, -1) for _, db in ws.grads])
-        return [_typed(group, ws.x) for group in groups]
+        `rows` rows of a_0..a_L and of the deltas, and the dW and db (1, n) buffers.
+        Made once per set of arrays (building them costs more than a short
+        epoch's checks): the entry holds the very arrays it was made from, so
+        an id in its key cannot belong to another array while it is kept."""
+        sources = (*[p for pair in params for p in pair],
+                   *[v for pair in state.velocities for v in pair if v is not None], ws)
+        key = (tuple(map(id, sources)), tuple(getattr(p, "shape", ()) for p in sources), rows)
+        made = self.__dict__.setdefault("_lists_made", {})
+        if key not in made:
+            if len(made) > 2:                    # other networks, or replaced arrays: free
+                made.clear()
+            groups = ([p for W, b in params for p in (W, b.reshape(1, -1))],
+                      [v for vW, vb in state.velocities if vW is not None
+                       for v in (vW, vb.reshape(1, -1))],
+                      [a[:rows] for a in (ws.x, *ws.a)], [d[:rows] for d in ws.delta],
+                      [dW for dW, _ in ws.grads], [db.reshape(1, -1) for _, db in ws.grads])
+            made[key] = sources, [_typed(group, ws.x) for group in groups]
+        return made[key][1]
 
     def _blas_threads(self, threads):
         """A context running BLAS on `threads` threads (no-op for None)."""
@@ -374,16 +383,3 @@ def _scratch_update(dtype):
     t = np.dtype(dtype).type
     return (_typed(one * 2), _typed([], one[0]), _typed(one), _typed(one), _typed([], one[0]),
             _typed([], one[0]), t(1), t(0), t(0), t(0))
-
-
-_pools = {}
-if hasattr(os, "register_at_fork"):     # a forked child has none of the pools' threads
-    os.register_at_fork(after_in_child=_pools.clear)
-
-
-def _thread_pool(workers):
-    """A pool of `workers` threads for the parts of a split step, made once."""
-    if workers not in _pools:
-        _pools[workers] = concurrent.futures.ThreadPoolExecutor(
-            max(1, workers), thread_name_prefix="gpubackprop-part")
-    return _pools[workers]

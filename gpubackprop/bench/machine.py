@@ -10,6 +10,7 @@ import sys
 import numpy as np
 
 from ..device import cpu_blas, cpu_blas_warning
+from ..threads import usable_cores
 
 #: module -> distribution names to ask the package metadata when it is not imported
 _DISTS = {"numba": ("numba",), "scipy": ("scipy",), "torch": ("torch",), "jax": ("jax",),
@@ -62,16 +63,9 @@ def loadavg():
     return None
 
 
-def usable_cpus():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def busy_warning(load):
     """A sentence when other work already keeps the CPUs busy (timings will be noisy)."""
-    n = usable_cpus()
+    n = usable_cores()
     if load and load[0] >= 0.75 * n:
         return (f"the machine is busy before the benchmark starts (1-min load average "
                 f"{load[0]:.2f} on {n} CPUs): timings will be noisy, multi-threaded BLAS "
@@ -82,7 +76,7 @@ def busy_warning(load):
 def machine(devices):
     """The machine and library versions; `gpus` names every GPU in `devices`."""
     info = {"python": platform.python_version(), "platform": platform.platform(),
-            "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "cpus_usable": usable_cpus(),
+            "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "cpus_usable": usable_cores(),
             "numpy": np.__version__, "blas": cpu_blas()}
     info["blas_warning"] = cpu_blas_warning(info["blas"])
     for mod, names in _DISTS.items():
