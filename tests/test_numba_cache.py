@@ -55,6 +55,19 @@ print("err", err, "hits", sum(stats.cache_hits.values()), "misses", sum(stats.ca
 """
 
 
+# `gpubackprop train` in a process, then which of numba's Python-side typed
+# List helpers it compiled: the kernels' Lists are made by cached compiled
+# code, as those helpers compile in every process (a few tenths of a second)
+TRAIN_AND_LIST_HELPERS = r"""
+import sys
+from numba.typed import typedlist
+from gpubackprop.cli import main
+
+assert not main(sys.argv[1:])
+helpers = ("_make_list", "_append", "_length", "_getitem")
+print("list helpers compiled:", [h for h in helpers if getattr(typedlist, h).signatures])
+"""
+
 # Two kernels that both call the activation loops, each compiled and cached by
 # its own process, then loaded together.  Numba names compiled code by qualified
 # name, argument types and a counter that restarts in every process; SHIFT
@@ -112,8 +125,10 @@ def test_cold_run_compiles_once_and_a_cached_run_has_the_same_bits(tmp_path):
     print(f"cold `gpubackprop train --epochs 3`: {seconds:.1f} s wall")
     assert NOTICE in cold
     assert seconds <= COLD_LIMIT_S
-    warm, _ = run(train + ["warm.safetensors"], tmp_path, cache)
+    warm, _ = run(["-c", TRAIN_AND_LIST_HELPERS, *train[2:], "warm.safetensors"], tmp_path,
+                  cache)
     assert weights(tmp_path / "cold.safetensors") == weights(tmp_path / "warm.safetensors")
+    assert "list helpers compiled: []" in warm
 
     edited, _ = run(["-c", EDITED_TABLE], tmp_path, cache)
     fields = edited.split()

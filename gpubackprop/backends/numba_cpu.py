@@ -35,7 +35,6 @@ import time
 import numba
 import numba.extending
 import numpy as np
-from numba.typed import List
 
 from .. import activations, autotune
 from ..checks import choice, positive_int
@@ -208,7 +207,7 @@ class NumbaCPUBackend(Backend):
                              self._hand_small_gemms(dtype) for k, n in zip(sizes, sizes[1:])],
                             np.uint8)
             with self._blas_threads(self.threads if parts == 1 else 1):
-                correct, bad_step = run(lists, ws.y[:rows], codes, (hand, block), X, Y,
+                correct, bad_step = run(lists, ws.grads, ws.y[:rows], codes, (hand, block), X, Y,
                                         order[first:stop], consts,
                                         step_costs[first // bs:-(-stop // bs)], parts)
             n_correct += correct
@@ -241,10 +240,10 @@ class NumbaCPUBackend(Backend):
                 margin=HAND_MARGIN) == "hand"
         return known[dtype]
 
-    def _steps(self, lists, y, codes, blocking, X, Y, order, consts, step_costs, parts):
+    def _steps(self, lists, grads, y, codes, blocking, X, Y, order, consts, step_costs, parts):
         """The steps in one compiled call: (n_correct, bad step or -1);
         blocking = (hand, block) as _forward_cost takes them."""
-        scratch = self._part_buffers(lists[4], lists[5], 1)[0][2:]
+        scratch = self._part_buffers(grads, lists[4:], 1)[0][2:]
         args = (*lists, *scratch, y, codes, *blocking, blas_gemm(y.dtype),
                 _blas_scratch(y.dtype), X, Y, order, *consts, step_costs)
         epoch = kernels.ready("_epoch", (numba.typeof(X), numba.typeof(Y)),
@@ -252,7 +251,8 @@ class NumbaCPUBackend(Backend):
         correct, bad_step, _ = epoch(*args)
         return correct, bad_step
 
-    def _split_steps(self, lists, y, codes, blocking, X, Y, order, consts, step_costs, parts):
+    def _split_steps(self, lists, grads, y, codes, blocking, X, Y, order, consts, step_costs,
+                     parts):
         """The steps with each step's rows split into `parts` even runs, one
         per thread (the GIL released); their gradient sums are added in part
         order, so the bits do not depend on which finishes first."""
@@ -261,7 +261,7 @@ class NumbaCPUBackend(Backend):
         hand, block = blocking
         rows = y.shape[0]
         bounds = [p * rows // parts for p in range(parts + 1)]
-        buffers = self._part_buffers(dW, db, parts)
+        buffers = self._part_buffers(grads, (dW, db), parts)
         gemm = (blas_gemm(y.dtype), _blas_scratch(y.dtype))      # no fold in a part
         run_part = kernels.ready("_part_op", (numba.typeof(X), numba.typeof(Y)), lambda: (
             params, a, delta, y, codes, hand, X, Y, order, 0, 0, 0, block, loss_code, tiny,
@@ -285,27 +285,26 @@ class NumbaCPUBackend(Backend):
             update(params, velocities, dW, db, *buffers[-1], scale, lr, mu, wd)
         return n_correct, -1
 
-    def _part_buffers(self, dW, db, parts):
+    def _part_buffers(self, grads, sums, parts):
         """Per part (dW, db, block scratch dW, db) typed Lists, part 0 summing
-        into the workspace's dW, db (this call's), then the other parts' dW,
-        db flattened for _update_op.  The other parts' arrays are made once
-        per shape."""
-        key = (tuple(g.shape for g in dW), dW[0].dtype, parts)
+        into `sums` (the workspace's dW, db Lists of this call), then the other
+        parts' dW, db flattened for _update_op.  The other parts' arrays are
+        made once per shape, like the workspace's grads [(dW, db), ...]."""
+        key = (tuple(dW.shape for dW, _ in grads), grads[0][0].dtype, parts)
         made = self.__dict__.setdefault("_parts_own", {})
         if key not in made:
             if len(made) > 2:                    # another network shape: free the old
                 made.clear()
-            like = [*dW, *db]
-
-            def fresh():
-                return _typed([np.empty_like(g) for g in like[:len(dW)]]), \
-                    _typed([np.empty_like(g) for g in like[len(dW):]])
-            own = [fresh() for _ in range(parts)] + [fresh() for _ in range(1, parts)]
-            more = (_typed([g for sums, _ in own[parts:] for g in sums], like[0]),
-                    _typed([g for _, sums in own[parts:] for g in sums], like[0]))
+            arrays = [([np.empty_like(dW) for dW, _ in grads],
+                       [np.empty((1, db.size), db.dtype) for _, db in grads])
+                      for _ in range(2 * parts - 1)]
+            own = [(_typed(dWs), _typed(dbs)) for dWs, dbs in arrays]
+            like = grads[0][0]
+            more = (_typed([g for dWs, _ in arrays[parts:] for g in dWs], like),
+                    _typed([g for _, dbs in arrays[parts:] for g in dbs], like))
             made[key] = own, more
         own, more = made[key]
-        sums = [(dW, db)] + own[parts:]
+        sums = [tuple(sums)] + own[parts:]
         return [(*sums[p], *own[p]) for p in range(parts)] + [more]
 
     def _lists(self, params, state, ws, rows):
@@ -360,10 +359,7 @@ def _blas_scratch(dtype):
 
 def _typed(arrays, like=None):
     """A numba typed List of 2-D arrays (of like's type when it is empty)."""
-    out = List.empty_list(numba.typeof(like if like is not None else arrays[0]))
-    for array in arrays:
-        out.append(array)
-    return out
+    return kernels.list_of(tuple(arrays)) if len(arrays) else kernels.empty_list_of(like)
 
 
 def _time_forward(rows, k, n, dtype, kernel, reps):

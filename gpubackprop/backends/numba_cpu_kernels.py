@@ -43,6 +43,7 @@ import threading
 
 import numpy as np
 from numba import njit
+from numba.typed import List
 
 from .. import activations
 from . import numba_cpu_blocks as blocks
@@ -254,6 +255,27 @@ def _update_op(params, velocities, dW, db, more_dW, more_db, scale, lr, mu, wd):
             _add_into(dW[l], db[l][0], more_dW[q], more_db[q][0])
     _update(params, velocities, dW, db, scale, lr, mu, wd)
     return _TABLE_HASH
+
+
+# -- typed Lists for the kernels' array arguments, made by compiled code cached
+#    on disk: List's own Python-side constructor and append (and len, getitem
+#    from Python) compile in every process, a few tenths of a second each run --
+@njit(cache=True)
+def list_of(arrays):
+    """A typed List of a tuple's arrays (all of one type)."""
+    out = List()
+    for x in arrays:
+        out.append(x)
+    return out
+
+
+@njit(cache=True)
+def empty_list_of(like):
+    """An empty typed List for arrays of like's type."""
+    out = List()
+    out.append(like)
+    out.pop()
+    return out
 
 
 # -- the passes between the trainer loop's GEMMs (NumPy's matmul: its BLAS is faster
