@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -279,8 +280,8 @@ def test_timed_rounds_shuffle_and_a_failing_peer_drops_out(monkeypatch):
         return timing.time_cases(cases, repeats=6, warmup=1), list(ran)
 
     (times, failed), order = timed()
-    assert order[:4] == ["a", "b", "c", "d"]                   # the warm-ups, in order
-    rounds = [order[4 + 4 * r:8 + 4 * r] for r in range(6)]
+    assert order[:8] == ["a", "a", "b", "b", "c", "c", "d", "d"]   # warm-up and probe, in order
+    rounds = [order[8 + 4 * r:12 + 4 * r] for r in range(6)]
     assert all(sorted(r) == ["a", "b", "c", "d"] for r in rounds)
     before = {}
     for r in rounds:
@@ -289,18 +290,22 @@ def test_timed_rounds_shuffle_and_a_failing_peer_drops_out(monkeypatch):
     assert all(len(p) > 1 for p in before.values()), before   # no fixed neighbour
     assert len({tuple(r) for r in rounds}) > 2
     assert timed()[1] == order                                # seeded: the same each run
-    (times, failed), order = timed(fail_on=4)                 # d: warm-up, 2 runs, fails
+    (times, failed), order = timed(fail_on=4)                 # d: warm-up, probe, a run, fails
     assert {c.name: len(t) for c, t in times.items()} == {"a": 6, "b": 6, "c": 6}
     assert failed == [("d", "failed: RuntimeError: broken")] and order.count("d") == 3
 
 
-def test_a_short_case_runs_untimed_before_each_timed_run(monkeypatch):
-    """A case whose warm-up took under SHORT_RUN_S runs once more, untimed,
-    before each timed run (steady state, not the cold start after another
-    case); a longer one does not, and only timed runs are recorded."""
+def test_a_short_case_runs_untimed_then_back_to_back_in_each_sample(monkeypatch):
+    """Whether a case is short is decided by a run after its warm-up (which
+    may compile): a short one runs once untimed before each timed sample,
+    and the sample is the mean of the runs back to back that fill
+    SHORT_RUN_S; a long one runs once per sample; only timed runs count.
+    (A fake clock: each run moves it by the run's seconds.)"""
     from gpubackprop.bench import timing
 
-    monkeypatch.setattr(timing, "SETTLE_S", 0)
+    clock = [0.0]
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(
+        perf_counter=lambda: clock[0], sleep=lambda s: None))
     monkeypatch.setattr(timing, "SHORT_RUN_S", 0.05)
     ran = []
 
@@ -308,19 +313,21 @@ def test_a_short_case_runs_untimed_before_each_timed_run(monkeypatch):
         role = "peer"
 
         def __init__(self, name, seconds):
-            self.impl, self.seconds = name, seconds
+            self.impl, self.seconds = name, list(seconds)
 
         def run(self):
-            ran.append(self.impl)
-            time.sleep(self.seconds)
+            ran.append(self.impl[0])
+            clock[0] += self.seconds.pop(0) if len(self.seconds) > 1 else self.seconds[0]
 
-    short, long_ = Fake("short", 0), Fake("long", 0.06)
+    # short: a 0.08 s warm-up (it compiled), then runs of 0.011-0.012 s: 5 fill 0.05 s
+    short = Fake("short", [0.08, 0.012, 0.011, 0.011, 0.011, 0.011, 0.011, 0.011, 0.01])
+    long_ = Fake("long", [0.06])
     times, failed = timing.time_cases([short, long_], repeats=2, warmup=1)
-    assert ran[:2] == ["short", "long"]                       # the warm-ups
-    timed = "".join(name[0] for name in ran[2:]).replace("ss", "S")
-    assert sorted(timed) == ["S", "S", "l", "l"], ran          # short: twice in a row
+    assert "".join(ran[:4]) == "ssll"                           # warm-up (compiles), probe
+    samples = "".join(ran[4:]).replace("ssssss", "S")           # 1 untimed + 5 timed
+    assert sorted(samples) == ["S", "S", "l", "l"], ran
     assert [len(times[c]) for c in (short, long_)] == [2, 2] and failed == []
-    assert max(times[short]) < 0.05 <= min(times[long_])
+    assert sorted(times[short]) == pytest.approx([0.01, 0.011]) and times[long_] == [0.06] * 2
 
 
 def test_output_paths():

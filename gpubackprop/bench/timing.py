@@ -8,10 +8,15 @@ peer's spinning threads, its data in the caches) changes from round to round:
 a fixed cyclic order, rotated or not, puts every case after the same
 neighbour in every round.  A case whose run is short runs once more, untimed,
 right before each timed run: its figure is the steady rate of training, not
-the first milliseconds after another case took the caches.  Each timed run
-ends with a device synchronisation inside the timed region.  A row's figure
-is the median time; its spread is the interquartile range and min-max of samples/s.
+the first milliseconds after another case took the caches, and its timed
+sample is as many runs back to back as last SHORT_RUN_S (their mean): a run
+of a few milliseconds alone reads every interruption of the machine in full.
+Whether a case is short is decided by a run after its warm-ups (the first
+run compiles and loads, so it cannot tell).  Each timed run ends with a
+device synchronisation inside the timed region.  A row's figure is the median
+time; its spread is the interquartile range and min-max of samples/s.
 """
+import math
 import time
 
 import numpy as np
@@ -21,10 +26,15 @@ import numpy as np
 #: after their last parallel region, and on a 2-core machine that spin takes
 #: the cores from whatever runs next (seen: 2-3x slower runs right after PyTorch)
 SETTLE_S = 0.3
-#: a case whose warm-up run took less than this runs once untimed before each
-#: timed run: the rest and the previous case leave the caches and the clock
-#: cold, which a short run feels in full and a long one amortises itself
+#: a case whose run takes less than this runs once untimed before each timed
+#: sample, and the sample is that many runs back to back: the rest and the
+#: previous case leave the caches and the clock cold, which a short run feels
+#: in full and a long one amortises itself
 SHORT_RUN_S = 0.2
+#: a case whose last warm-up run took less than this is run once more to
+#: decide whether it is short: a warm-up run may include compiling (seconds
+#: on a cold cache) or loading compiled code; past it a case is long anyway
+PROBE_BELOW_S = 20.0
 
 
 def stats(values):
@@ -36,23 +46,18 @@ def stats(values):
 
 
 def time_cases(cases, repeats, warmup, say=None):
-    """Warm up every case, then time `repeats` runs of each, round-robin
-    (in a shuffled order each round), each after a rest of SETTLE_S and,
-    for a case whose warm-up run took under SHORT_RUN_S, an untimed run.
+    """Warm up every case, then time `repeats` samples of each, round-robin
+    (in a shuffled order each round), each after a rest of SETTLE_S; a short
+    case (a run under SHORT_RUN_S) runs once untimed first and its sample is
+    the mean of the runs back to back that fill SHORT_RUN_S.
 
-    Returns ({case: [seconds, ...]}, [(impl, reason)] for the cases that failed).
-    A failing peer is dropped and reported; ours failing raises."""
+    Returns ({case: [seconds per run, ...]}, [(impl, reason)] for the cases
+    that failed).  A failing peer is dropped and reported; ours failing raises."""
     failed = []
-    live, short = [], set()
+    live, runs = [], {}
     for case in cases:
         try:
-            took = None
-            for _ in range(warmup):
-                t0 = time.perf_counter()
-                case.run()
-                took = time.perf_counter() - t0
-            if took is not None and took < SHORT_RUN_S:    # the last: the first compiles
-                short.add(case)
+            runs[case] = _runs_per_sample(case, warmup)
             live.append(case)
         except Exception as exc:
             if case.role == "ours":
@@ -63,11 +68,12 @@ def time_cases(cases, repeats, warmup, say=None):
         for case in [live[i] for i in np.random.default_rng(r).permutation(len(live))]:
             try:
                 time.sleep(SETTLE_S)
-                if case in short:
+                if runs[case] > 1:
                     case.run()
                 t0 = time.perf_counter()
-                case.run()
-                dt = time.perf_counter() - t0
+                for _ in range(runs[case]):
+                    case.run()
+                dt = (time.perf_counter() - t0) / runs[case]
             except Exception as exc:
                 if case.role == "ours":
                     raise
@@ -80,6 +86,26 @@ def time_cases(cases, repeats, warmup, say=None):
                 say(f"{case.device:<7} {case.regime.name:<7} {case.label:<34} "
                     f"{case.regime.samples / dt:>12,.0f} samples/s  (run {r + 1}/{repeats})")
     return times, failed
+
+
+def _runs_per_sample(case, warmup):
+    """Run `case` `warmup` times, then (if the last took under PROBE_BELOW_S)
+    once more to time it: the runs a timed sample holds, 1 for a case not
+    short, else as many as fill SHORT_RUN_S."""
+    took = None
+    for _ in range(warmup):
+        took = _timed_run(case)
+    if took is not None and took < PROBE_BELOW_S:
+        took = _timed_run(case)              # the probe: a warm-up may include compiling
+    if took is None or took >= SHORT_RUN_S:
+        return 1
+    return math.ceil(SHORT_RUN_S / max(took, 1e-6))
+
+
+def _timed_run(case):
+    t0 = time.perf_counter()
+    case.run()
+    return time.perf_counter() - t0
 
 
 def rows(regime, times):
