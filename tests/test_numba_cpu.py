@@ -389,38 +389,3 @@ def test_split_steps_run_in_a_forked_child():
         pytest.fail("the forked child's split epoch did not finish in 60 s")
     assert os.waitstatus_to_exitcode(done[1]) == 0
 
-
-@pytest.mark.parametrize("momentum", [0.0, 0.5])
-def test_typed_lists_are_made_once_per_set_of_arrays(monkeypatch, momentum):
-    """One backend, three epochs: twice on the same arrays (the second makes
-    no typed List), then on other arrays of the same shapes (it trains those,
-    not the first ones).  Every result is a fresh backend's, bit for bit."""
-    params, X, Y, order = problem([6, 5, 3], 23, 4, np.float32)
-    hyper = Hyper(("sigmoid", "sigmoid"), losses.get("sse"), 4, 0.5, momentum=momentum)
-    made = []
-    real_typed = numba_cpu._typed
-    monkeypatch.setattr(numba_cpu, "_typed", lambda *a: made.append(1) or real_typed(*a))
-
-    def epochs(backend, p, state, times):
-        for _ in range(times):
-            backend.train_epoch(p, state, X, Y, order, hyper)
-        return [(W.copy(), b.copy()) for W, b in p]
-
-    def fresh(times, start=params):
-        p = [(W.copy(), b.copy()) for W, b in start]
-        return epochs(NumbaCPUBackend(CPU), p, SGD(0.5, momentum).init_state(p), times)
-
-    shared = NumbaCPUBackend(CPU)
-    p = [(W.copy(), b.copy()) for W, b in params]
-    state = SGD(0.5, momentum).init_state(p)
-    once = epochs(shared, p, state, 1)
-    made.clear()
-    twice = epochs(shared, p, state, 1)
-    assert not made
-    other_start = [(W * 0.5, b + 0.1) for W, b in params]
-    q = [(W.copy(), b.copy()) for W, b in other_start]
-    other = epochs(shared, q, SGD(0.5, momentum).init_state(q), 1)
-    assert made
-    for got, want in ((once, fresh(1)), (twice, fresh(2)), (other, fresh(1, other_start))):
-        assert all(np.array_equal(W, W0) and np.array_equal(b, b0)
-                   for (W, b), (W0, b0) in zip(got, want))

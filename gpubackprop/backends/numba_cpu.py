@@ -307,27 +307,17 @@ class NumbaCPUBackend(Backend):
         sums = [tuple(sums)] + own[parts:]
         return [(*sums[p], *own[p]) for p in range(parts)] + [more]
 
-    def _lists(self, params, state, ws, rows):
+    @staticmethod
+    def _lists(params, state, ws, rows):
         """Typed Lists (one compiled signature at every depth) of the 2-D arrays:
         [W_1, b_1 (1, n_1), ...], the velocities alike (or none), the first
-        `rows` rows of a_0..a_L and of the deltas, and the dW and db (1, n) buffers.
-        Made once per set of arrays (building them costs more than a short
-        epoch's checks): the entry holds the very arrays it was made from, so
-        an id in its key cannot belong to another array while it is kept."""
-        sources = (*[p for pair in params for p in pair],
-                   *[v for pair in state.velocities for v in pair if v is not None], ws)
-        key = (tuple(map(id, sources)), tuple(getattr(p, "shape", ()) for p in sources), rows)
-        made = self.__dict__.setdefault("_lists_made", {})
-        if key not in made:
-            if len(made) > 2:                    # other networks, or replaced arrays: free
-                made.clear()
-            groups = ([p for W, b in params for p in (W, b.reshape(1, -1))],
-                      [v for vW, vb in state.velocities if vW is not None
-                       for v in (vW, vb.reshape(1, -1))],
-                      [a[:rows] for a in (ws.x, *ws.a)], [d[:rows] for d in ws.delta],
-                      [dW for dW, _ in ws.grads], [db.reshape(1, -1) for _, db in ws.grads])
-            made[key] = sources, [_typed(group, ws.x) for group in groups]
-        return made[key][1]
+        `rows` rows of a_0..a_L and of the deltas, and the dW and db (1, n) buffers."""
+        groups = ([p for W, b in params for p in (W, b.reshape(1, -1))],
+                  [v for vW, vb in state.velocities if vW is not None
+                   for v in (vW, vb.reshape(1, -1))],
+                  [a[:rows] for a in (ws.x, *ws.a)], [d[:rows] for d in ws.delta],
+                  [dW for dW, _ in ws.grads], [db.reshape(1, -1) for _, db in ws.grads])
+        return [_typed(group, ws.x) for group in groups]
 
     def _blas_threads(self, threads):
         """A context running BLAS on `threads` threads (no-op for None)."""
