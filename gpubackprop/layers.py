@@ -26,8 +26,7 @@ class Dense:
         self.n_in = positive_int("n_in", n_in)
         self.n_out = positive_int("n_out", n_out)
         self.activation = activations.check_name(activation)
-        self.W = None
-        self.b = None
+        self._W = self._b = None            # Tensors once the layer belongs to an MLP
         self._init_W, self._init_b = W, b
         self._owner = None          # weakref to the MLP this layer belongs to
         if W is not None or b is not None:
@@ -37,6 +36,42 @@ class Dense:
         return f"Dense({self.n_in}, {self.n_out})"
 
     # -- parameters -------------------------------------------------------
+    @property
+    def W(self):
+        """The weights (n_out, n_in): a Tensor on the network's device, None
+        before the layer belongs to an MLP.  `layer.W = array` is
+        set_params(W=array): checked, and copied into the same Tensor, so
+        the network goes on training the arrays it holds."""
+        return self._W
+
+    @W.setter
+    def W(self, value):
+        self._assign("W", value)
+
+    @property
+    def b(self):
+        """The biases (n_out,): a Tensor, as W."""
+        return self._b
+
+    @b.setter
+    def b(self, value):
+        self._assign("b", value)
+
+    def _assign(self, name, value):
+        if value is None:
+            raise TypeError(f"{name} of {self} cannot be set to None; assign an array of "
+                            f"shape {(self.n_out, self.n_in) if name == 'W' else (self.n_out,)}")
+        self.set_params(**{name: value})
+
+    def _place(self, device, dtype):
+        """Put W and b on `device` as `dtype` (a layer moved with its network,
+        or joining a new one after its old network is gone)."""
+        if self._W.dtype != np.dtype(dtype):
+            self._check_params(self._W.data, self._b.data, dtype)
+        self._W, self._b = (t if t.device == device and t.dtype == np.dtype(dtype)
+                            else Tensor(t.data, device=device, dtype=dtype)
+                            for t in (self._W, self._b))
+
     def _check_params(self, W, b, dtype=None):
         """Shapes, real dtypes and finiteness of new W/b values; with `dtype`,
         finiteness after the cast to it (1e39 overflows float32)."""
@@ -71,8 +106,8 @@ class Dense:
         if b is None:
             b = np.zeros(self.n_out)
         self._check_params(self._init_W, self._init_b, dtype)    # given values fit dtype?
-        self.W = Tensor(_as_host_or_device(W), device=device, dtype=dtype)
-        self.b = Tensor(_as_host_or_device(b), device=device, dtype=dtype)
+        self._W = Tensor(_as_host_or_device(W), device=device, dtype=dtype)
+        self._b = Tensor(_as_host_or_device(b), device=device, dtype=dtype)
         self._init_W = self._init_b = None
 
     def set_params(self, W=None, b=None):

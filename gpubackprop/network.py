@@ -32,7 +32,7 @@ class MLP:
             if layer.W is None:
                 layer._materialize(self.device, self.dtype, rng)
             else:  # a layer of a network that is gone: bring it here
-                layer.W, layer.b = (t.to(self.device) for t in (layer.W, layer.b))
+                layer._place(self.device, self.dtype)
         self.backend.check_network(self.sizes, self.activations, self.dtype)
         for layer in self.layers:      # a Dense belongs to one network (see Dense)
             layer._adopt(self)
@@ -172,7 +172,7 @@ class MLP:
         """Move the network to `device` (in place); returns self."""
         self.device = get_device(device)
         for layer in self.layers:
-            layer.W, layer.b = layer.W.to(self.device), layer.b.to(self.device)
+            layer._place(self.device, self.dtype)
         self.backend = backends.create(*self._backend_request[:1], self.device,
                                        self._backend_request[1])
         self.backend.check_network(self.sizes, self.activations, self.dtype)
@@ -208,6 +208,9 @@ def _check_layers(layers):
     for i, layer in enumerate(layers[:-1]):
         if layer.activation == "softmax":
             raise ValueError(f"softmax is an output activation only; layers[{i}] is hidden")
+    if layers[-1].activation == "softmax" and layers[-1].n_out < 2:
+        raise ValueError("a softmax output needs at least 2 outputs: over one it is always 1 "
+                         "and nothing trains; use sigmoid (or identity) for one output")
     return list(layers)
 
 

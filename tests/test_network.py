@@ -1,6 +1,8 @@
 """Backprop against finite differences and two independent oracles:
 a per-example implementation in the style of Nielsen's network.py (column
 vectors, one example at a time) and PyTorch autograd where installed."""
+import gc
+
 import numpy as np
 import pytest
 
@@ -148,3 +150,48 @@ def test_gradients_shapes_match_parameters():
     net = gb.MLP.from_sizes([3, 4, 2], seed=0)
     grads = net.gradients(np.ones((2, 3)) * 0.5, [0, 1])
     assert [(dW.shape, db.shape) for dW, db in grads] == [((4, 3), (4,)), ((2, 4), (2,))]
+
+
+def test_assigning_W_or_b_copies_into_the_networks_arrays():
+    """layer.W = array is set_params(W=array): the values are checked and copied
+    into the Tensor the network trains, which stays the same object; a list
+    works as an array does; training then starts from the new values."""
+    net = gb.MLP.from_sizes([3, 4, 2], backend="numpy", seed=0)
+    layer = net.layers[0]
+    W, b = layer.W, layer.b
+    layer.W = np.arange(12.0).reshape(4, 3) / 10
+    layer.b = [0.1, 0.2, 0.3, 0.4]
+    assert layer.W is W and layer.b is b
+    np.testing.assert_array_equal(net.params[0][0], np.arange(12.0).reshape(4, 3) / 10)
+    np.testing.assert_array_equal(net.params[0][1], [0.1, 0.2, 0.3, 0.4])
+    same = gb.MLP.from_sizes([3, 4, 2], backend="numpy", seed=0)
+    same.layers[0].set_params(W=np.arange(12.0).reshape(4, 3) / 10, b=[0.1, 0.2, 0.3, 0.4])
+    X, y = np.random.default_rng(1).normal(size=(10, 3)), np.arange(10) % 2
+    for n in (net, same):
+        gb.Trainer(n, optimizer=gb.SGD(lr=0.5), batch_size=5).fit(X, y, epochs=2)
+    for (W0, b0), (W1, b1) in zip(net.params, same.params):
+        np.testing.assert_array_equal(W0, W1)
+        np.testing.assert_array_equal(b0, b1)
+    loose = gb.Dense(3, 4)                       # before a network: kept for it
+    loose.W = np.ones((4, 3))
+    np.testing.assert_array_equal(gb.MLP([loose, gb.Dense(4, 2)]).layers[0].W.numpy(), 1.0)
+
+
+def test_a_layer_joining_a_network_of_another_dtype_is_cast_to_it():
+    first = gb.MLP.from_sizes([3, 4, 2], dtype="float32", seed=0)
+    layer = first.layers[0]
+    values = layer.W.numpy().copy()
+    del first
+    gc.collect()
+    gb.MLP([layer, gb.Dense(4, 2)], dtype="float64")
+    assert layer.W.dtype == np.float64 and layer.b.dtype == np.float64
+    np.testing.assert_array_equal(layer.W.numpy(), values.astype(np.float64))
+
+
+def test_inputs_may_be_torch_tensors():
+    torch = pytest.importorskip("torch")
+    net = gb.MLP.from_sizes([3, 4, 2], backend="numpy", seed=0)
+    X = np.random.default_rng(0).normal(size=(6, 3))
+    np.testing.assert_array_equal(net.forward(torch.from_numpy(X)), net.forward(X))
+    t = gb.Trainer(net, optimizer=gb.SGD(lr=0.1), batch_size=3)
+    t.fit(torch.from_numpy(X), torch.tensor([0, 1, 0, 1, 1, 0]), epochs=1)
