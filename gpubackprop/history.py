@@ -5,14 +5,16 @@ class TrainingDiverged(RuntimeError):
     """The cost or the parameters became NaN or infinite.
 
     `epoch` (counted from 0) and `step` (within the epoch, from 0) say where
-    it was detected; the network and the optimizer are back at the state
+    it was detected (the message also names the epoch as the progress
+    lines count it, from 1); the network and the optimizer are back at the state
     they had at the start of that epoch or at the last checkpoint within it,
     and no checkpoint was written after that point."""
 
     def __init__(self, epoch, step):
         self.epoch, self.step = epoch, step
         super().__init__(f"training diverged: the cost or the parameters became NaN or "
-                         f"infinite at epoch {epoch}, step {step}; the network keeps the "
+                         f"infinite at epoch {epoch}, step {step} (both counted from 0: the "
+                         f"progress lines' epoch {epoch + 1}); the network keeps the "
                          f"parameters it had at the last good point (the start of the epoch "
                          f"or the last checkpoint); lower the learning rate?")
 

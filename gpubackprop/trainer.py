@@ -122,7 +122,9 @@ class Trainer:
     # -- training -------------------------------------------------------------
     def fit(self, X, Y, epochs=1, validation=None, checkpoint=None, checkpoint_every=None,
             resume=False, progress=None, callback=None):
-        """Train for `epochs` epochs; returns the History (also self.history).
+        """Train for `epochs` epochs; returns this fit's History (also
+        self.history): a new one each fit, its epochs counted from 1, and for
+        a resumed run the checkpoint's, continued.
 
         validation: (X_val, Y_val) evaluated after each epoch.
         checkpoint: path of a checkpoint written atomically after every epoch
@@ -219,6 +221,7 @@ class Trainer:
             distributed.agree_on_run(self, X, Y, epochs=epochs, checkpoint=ckpt is not None,
                                      checkpoint_every=checkpoint_every, resume=resume)
         start_epoch, start_step, partial = 0, 0, _NO_PARTIAL
+        self.history = History()         # this fit's (a resumed one: the checkpoint's)
         if not self.optimizer.state_fits(self.state, net.params):
             self.state = self.optimizer.init_state(net.params)
         if ckpt is not None:       # only rank 0 touches the file; the others follow it

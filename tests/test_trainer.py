@@ -90,6 +90,26 @@ def test_history_records_every_epoch(digits):
     assert set(h.as_dict()) == set(gb.History.KEYS)
 
 
+def test_each_fit_has_its_own_history_and_a_resumed_one_continues(tmp_path):
+    """A second fit returns a new History counting its epochs from 1 (the
+    first keeps its records); a fit resumed from a checkpoint continues the
+    checkpoint's History."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(30, 4)), np.arange(30) % 3
+    t = gb.Trainer(gb.MLP.from_sizes([4, 5, 3], seed=0), optimizer=gb.SGD(lr=0.5),
+                   batch_size=10)
+    first = t.fit(X, y, epochs=2, validation=(X, y))
+    second = t.fit(X, y, epochs=3)
+    assert second is not first and second is t.history
+    assert first.epoch == [1, 2] and second.epoch == [1, 2, 3]
+    assert all(v is None for v in second.val_loss) and len(first.val_loss) == 2
+    ckpt = tmp_path / "c.safetensors"
+    t.fit(X, y, epochs=2, checkpoint=ckpt)
+    resumed = gb.Trainer(gb.MLP.from_sizes([4, 5, 3], seed=0), optimizer=gb.SGD(lr=0.5),
+                         batch_size=10).fit(X, y, epochs=4, checkpoint=ckpt, resume=True)
+    assert resumed.epoch == [1, 2, 3, 4]
+
+
 def test_regression_and_one_hot_targets():
     rng = np.random.default_rng(0)
     X = rng.uniform(-1, 1, size=(200, 2))
