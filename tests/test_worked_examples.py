@@ -65,3 +65,22 @@ def test_3blue1brown_chain_rule_factors_and_nudge(L):
     for r in rows:
         assert r["product"] == pytest.approx(r["backprop"], rel=1e-12)
         assert r["nudge_ratio"] == pytest.approx(r["backprop"], rel=1e-6, abs=1e-12)
+
+
+def test_gradcheck_at_statquests_optimum_is_small_and_a_wrong_gradient_is_not():
+    """At b3's optimum its gradient is rounding noise on both sides (backprop
+    ~1e-15, finite differences ~1e-10): measured against the whole gradient,
+    not against itself, that reads small; a bias gradient off by half reads
+    large all the same."""
+    net = statquest_net(2.609184730096291)
+    (_, _), (_, db3) = net.gradients(X, Y, loss="sse", reduction="sum")
+    assert abs(db3[0]) < 1e-9
+    assert gb.gradcheck(net, X, Y, loss="sse", reduction="sum") < 1e-6
+    real = net.gradients
+
+    def wrong(*args, **kwargs):
+        grads = real(*args, **kwargs)
+        return [grads[0], (grads[1][0], grads[1][1] + 0.5 * np.abs(grads[0][1]).max())]
+
+    net.gradients = wrong
+    assert gb.gradcheck(net, X, Y, loss="sse", reduction="sum") > 0.1
