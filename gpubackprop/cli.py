@@ -64,6 +64,11 @@ def check_train_args(args):
             if os.path.isdir(path) or not os.path.isdir(folder):
                 raise ValueError(f"{flag} {path}: " + ("is a folder; give a file path"
                                  if os.path.isdir(path) else f"folder {folder} does not exist"))
+    if args.save is not None and args.checkpoint is not None and \
+            os.path.realpath(args.save) == os.path.realpath(args.checkpoint):
+        raise ValueError(f"--save {args.save} is the --checkpoint file: the saved network "
+                         "would overwrite the checkpoint a later --resume reads; give "
+                         "--save another path")
     if args.save is not None:      # proven writable now, not after every epoch has run
         from .paths import check_writable
 

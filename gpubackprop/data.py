@@ -208,7 +208,7 @@ def load_mnist(directory, test=True, dtype="float32", max_bytes=MAX_BYTES):
     max_bytes = check_budget(max_bytes)
     directory = os.path.expanduser(os.fspath(directory))
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"MNIST directory {directory!r} does not exist "
+        raise FileNotFoundError(f"data directory {directory!r} does not exist "
                                 f"or is not a directory")
     X_train, y_train = _mnist_pair(directory, "train", dtype, max_bytes)
     if test:

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 from . import threads
-from .checks import choice
+from .checks import unknown_choice
 
 INSTALL_HINT = ("install CuPy for your CUDA version: pip install 'gpubackprop[cuda12]' "
                 "or 'gpubackprop[cuda13]'")
@@ -310,6 +310,10 @@ def emulator_status():
     return f"{version} ({path})", ""
 
 
+#: what device() takes before ":N" ("gpu" is "cuda"; "_" is read as "-")
+DEVICE_KINDS = ("cpu", "cuda", "cuda-emulator", "auto", "gpu")
+
+
 def device(spec="auto"):
     """A Device from "cpu", "cuda", "cuda:N", "cuda-emulator", "auto" or a Device.
 
@@ -322,9 +326,9 @@ def device(spec="auto"):
     if not isinstance(spec, str):
         raise TypeError(f"device must be a string ('cpu', 'cuda', 'cuda:N', 'auto') "
                         f"or a Device; got {type(spec).__name__}")
-    kind, _, index = spec.strip().lower().partition(":")
-    kind = choice("device", kind, ("cpu", "cuda", "auto", "gpu", "cuda_emulator"))
-    kind = kind.replace("_", "-")
+    kind, _, index = spec.strip().lower().replace("_", "-").partition(":")
+    if kind not in DEVICE_KINDS:
+        raise unknown_choice("device", spec, DEVICE_KINDS)
     if kind in ("cpu", "cuda-emulator"):
         if index:
             raise ValueError(f"device {kind!r} takes no index; got {spec!r}")

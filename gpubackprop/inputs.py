@@ -19,9 +19,24 @@ def rows(X):
     return int(shape[0]) if shape else None
 
 
+def as_array(X):
+    """X itself if a NumPy or CuPy array (or a list, checked later); another
+    array object as one of those: a GPU one through DLPack as CuPy, any
+    other with __array__ (a torch CPU tensor, a pandas frame) as NumPy."""
+    X = unwrap(X)
+    if isinstance(X, (np.ndarray, list, tuple)) or is_cupy_array(X):
+        return X
+    if hasattr(X, "__dlpack_device__") and X.__dlpack_device__()[0] == _DLPACK_CUDA:
+        return import_cupy().from_dlpack(X)
+    return np.asarray(X) if hasattr(X, "__array__") else X
+
+
+_DLPACK_CUDA = 2        # DLPack's kDLCUDA device type
+
+
 def features(X, n_in, device, dtype, argument="X"):
     """X as a (batch, n_in) array of `dtype` on `device`."""
-    X = unwrap(X)
+    X = as_array(X)
     _refuse_masked(X, argument)
     if isinstance(X, (list, tuple)):
         X = _from_sequence(X, argument, f"(batch, {n_in})")
@@ -80,7 +95,7 @@ def targets(Y, n_out, batch, device, dtype, argument="Y", loss=None):
     n_out > 1 outputs; (batch, n_out) targets are taken as they are, and for
     the cross-entropy `loss` they must be distributions (check_distributions).
     """
-    Y = unwrap(Y)
+    Y = as_array(Y)
     _refuse_masked(Y, argument)
     if isinstance(Y, (list, tuple)):
         Y = _from_sequence(Y, argument, f"(batch,) or (batch, {n_out})")

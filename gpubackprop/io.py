@@ -50,10 +50,7 @@ def save_file(path, arrays, meta, what="file"):
     """
     from safetensors.numpy import save
 
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot write {path!r}: folder {folder!r} does not exist")
+    path = paths.output_path(path, f"{what} path")
     tensors = {}
     for name, value in arrays.items():
         value = np.asarray(value)
@@ -116,6 +113,9 @@ def load_file(path, expected_format, expected_version, json_keys=()):
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path (str or os.PathLike); "
+                        f"got {type(path).__name__}")
     path = os.fspath(path)
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path} is a folder; give the path of a file in it")
@@ -206,7 +206,8 @@ def save_network(net, path):
     """net.save(path): W0, b0, ... and the network's metadata, atomically."""
     from . import __version__
 
-    save_file(path, network_arrays(net), {**network_meta(net), "gpubackprop": __version__})
+    save_file(path, network_arrays(net), {**network_meta(net), "gpubackprop": __version__},
+              what="network")
 
 
 def read_network(path):

@@ -15,6 +15,7 @@
   `remove_stale_temps` removes only those of processes that are gone.
 * `write_errors(path, what)`: an OSError while writing (ENOSPC, EROFS, ...)
   re-raised naming the path and saying the previous file there is intact.
+  Both raise UnwritablePath: an OSError (errno kept) and a ValueError.
 """
 import contextlib
 import errno
@@ -26,6 +27,20 @@ try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; the lock is a no-op there
     fcntl = None
+
+
+class UnwritablePath(OSError, ValueError):
+    """An output path that cannot be written (a read-only file system, a
+    missing permission, a full disk): an OSError with its errno, and a
+    ValueError, as a bad argument is (io.UnsupportedOperation is both too).
+    Its message names the path and the reason, without an "[Errno N]" prefix."""
+
+    def __str__(self):
+        return self.strerror or super().__str__()
+
+
+class MissingFolder(UnwritablePath, FileNotFoundError):
+    """The folder of an output path does not exist."""
 
 
 def output_path(path, argument):
@@ -53,7 +68,8 @@ def output_path(path, argument):
         raise ValueError(f"{argument} must be a file path; got the folder {path!r}")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise ValueError(f"{argument} folder {folder!r} does not exist (for {path!r})")
+        raise MissingFolder(errno.ENOENT, f"{argument} folder {folder!r} does not exist "
+                                          f"(for {path!r})")
     return path
 
 
@@ -72,8 +88,8 @@ def check_writable(path, argument, n_bytes=1):
             os.close(fd)
             os.unlink(probe)
     except OSError as exc:
-        raise OSError(exc.errno, f"{argument} {path!r} cannot be written: "
-                                 f"{exc.strerror} (checked before any work)") from None
+        raise UnwritablePath(exc.errno, f"{argument} {path!r} cannot be written: "
+                                        f"{exc.strerror} (checked before any work)") from None
     return path
 
 
@@ -141,8 +157,9 @@ def write_errors(path, what="file"):
     except OSError as exc:
         if exc.errno is None:
             raise
-        raise OSError(exc.errno, f"cannot write {what} {os.fspath(path)!r}: {exc.strerror}; "
-                                 f"the previous {what} there (if any) is intact") from exc
+        raise UnwritablePath(exc.errno, f"cannot write {what} {os.fspath(path)!r}: "
+                                        f"{exc.strerror}; the previous {what} there (if "
+                                        "any) is intact") from exc
 
 
 # -- the checkpoint lock -------------------------------------------------------------------

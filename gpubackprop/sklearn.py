@@ -50,7 +50,13 @@ class _MLPBase(BaseEstimator):
 
     def _build(self, n_in, n_out):
         import gpubackprop as gb
+        from .checks import boolean, positive_int, real
 
+        boolean("early_stopping", self.early_stopping)     # as scikit-learn checks them
+        real("validation_fraction", self.validation_fraction, low=0.0, high=1.0,
+             high_open=True)
+        positive_int("n_iter_no_change", self.n_iter_no_change)
+        real("tol", self.tol, low=0.0)
         sizes = [n_in, *self._hidden(), n_out]
         seed = self._seed()
         output = self.output_activation or self._default_output(self.loss)
@@ -293,7 +299,6 @@ class MLPRegressor(RegressorMixin, _MLPBase):
         (the step size then does not depend on y's units); predict undoes it."""
         Y = np.asarray(y, dtype=np.float64)
         if first:
-            self._y_1d = Y.ndim == 1
             Y = Y.reshape(len(Y), -1)
             self._y_mean = Y.mean(axis=0)
             std = Y.std(axis=0)
@@ -306,9 +311,10 @@ class MLPRegressor(RegressorMixin, _MLPBase):
         return float(r2_score(Y, self._forward(X)))
 
     def predict(self, X):
-        """(n_samples,) or (n_samples, n_targets) predictions, as y was given."""
+        """(n_samples,) predictions for one target (as scikit-learn's, however
+        y was given), else (n_samples, n_targets)."""
         out = self._forward(X) * self._y_scale + self._y_mean
-        return out[:, 0] if self._y_1d else out
+        return out[:, 0] if out.shape[1] == 1 else out
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

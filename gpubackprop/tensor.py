@@ -84,9 +84,15 @@ class Tensor:
     def __setitem__(self, key, value):
         if isinstance(value, Tensor):
             value = value.data
-        if self.device.kind == "cuda" and not is_cupy_array(value):
-            value = self.device.asarray(value)
-        self.data[key] = value
+        try:
+            if self.device.kind == "cuda" and not is_cupy_array(value):
+                value = self.device.asarray(value)
+            self.data[key] = value
+        except (TypeError, ValueError) as exc:     # a string, a ragged list, a wrong shape
+            what = f"an array of shape {tuple(value.shape)}" if hasattr(value, "shape") \
+                else repr(value)[:60]
+            raise type(exc)(f"cannot write {what} into a {self.dtype} Tensor of shape "
+                            f"{self.shape}: {exc}") from None
 
     def __repr__(self):
         return f"Tensor({self.numpy()!r}, device='{self.device}')"

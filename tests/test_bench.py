@@ -9,7 +9,6 @@ import pathlib
 import re
 import subprocess
 import sys
-import time
 import types
 
 import numpy as np
@@ -358,6 +357,10 @@ def test_bad_arguments_are_refused_before_any_work(capsys):
                         (["--device", "tpu"], "--device")):
         assert bench.main(["--tiny", "--quiet", "--out", "none"] + argv) == 2
         assert words in capsys.readouterr().err
+    if os.path.isdir("/proc") and not os.path.exists("/proc/gpubackprop-out"):
+        assert bench.main(["--tiny", "--quiet", "--out", "/proc/gpubackprop-out"]) == 2
+        assert "--out (its json file) '/proc/gpubackprop-out/bench.json'" in \
+            capsys.readouterr().err
     from gpubackprop.device import cuda_status
 
     if not cuda_status()[0]:

@@ -73,6 +73,8 @@ def no_data(monkeypatch):
     (["--backend", "cupy"], "--backend cupy: backend 'cupy' runs on cuda devices, not on cpu"),
     (["--save", "/nonexistent-folder/net.safetensors"], "--save .* folder .* does not exist"),
     (["--checkpoint", "/nonexistent-folder/c.safetensors"], "--checkpoint .* does not exist"),
+    (["--save", "/tmp/gpubackprop-same.safetensors", "--checkpoint",
+      "/tmp/../tmp/gpubackprop-same.safetensors"], "--save .* is the --checkpoint file"),
 ])
 def test_train_flags_are_checked_before_the_data_loads(capsys, no_data, flags, message):
     assert main(["train", "--device", "cpu", *flags]) == 2

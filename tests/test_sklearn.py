@@ -115,6 +115,8 @@ def test_regressor_fits_a_smooth_function():
     Y2 = np.stack([y, -y], axis=1)
     pred = MLPRegressor(epochs=50, backend="numpy", random_state=0).fit(X, Y2).predict(X)
     assert pred.shape == (400, 2)
+    column = MLPRegressor(epochs=2, backend="numpy", random_state=0).fit(X, y[:, None])
+    assert column.predict(X).shape == (400,)              # one target: (n,), as scikit-learn
 
 
 def test_pickled_estimator_predicts_the_same(digits):
@@ -136,6 +138,12 @@ def test_bad_parameters_are_refused_at_fit(digits):
         MLPClassifier(activation="relux", backend="numpy").fit(X, y)
     with pytest.raises(ValueError, match="at least 2 classes"):
         MLPClassifier(backend="numpy").fit(X, np.zeros(50))
+    with pytest.raises(ValueError, match="tol must be a finite number >= 0"):
+        MLPClassifier(tol=-1.0, backend="numpy").fit(X, y)
+    with pytest.raises(ValueError, match="n_iter_no_change must be an integer >= 1"):
+        MLPRegressor(n_iter_no_change=0, backend="numpy").fit(X, y)
+    with pytest.raises(ValueError, match="validation_fraction must be"):
+        MLPClassifier(validation_fraction=1.0, backend="numpy").fit(X, y)
 
 
 def test_without_scikit_learn_the_import_says_what_to_install(tmp_path):

@@ -3,7 +3,7 @@ import argparse
 import os
 import sys
 
-from ..paths import check_writable
+from ..paths import UnwritablePath, check_writable
 from .cases import PEERS, PROFILES, REGIME_NAMES
 from .plot import plot
 from .report import format_table, to_json, write_text
@@ -115,8 +115,14 @@ def cmd_bench(args):
     paths = _paths(args)
     for key, path in paths.items():      # fail now, not after minutes of timing
         if path and path != "-":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            check_writable(path, f"--{key}")   # a file created and removed there
+            flag = f"--{key}" if getattr(args, key) is not None else f"--out (its {key} file)"
+            folder = os.path.dirname(os.path.abspath(path))
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:
+                raise UnwritablePath(exc.errno, f"{flag} {path!r}: its folder {folder!r} "
+                                                f"cannot be made: {exc.strerror}") from None
+            check_writable(path, flag)         # a file created and removed there
     to_stdout = paths["json"] == "-"
     stream = sys.stderr if to_stdout else sys.stdout
     if args.ranks is not None:
