@@ -224,7 +224,21 @@ class _Stop(Exception):
     pass
 
 
-def test_ctrl_c_stops_at_a_step_boundary_and_keeps_the_last_checkpoint(tmp_path):
+@pytest.fixture
+def python_sigint():
+    """SIGINT as Python sets it at start-up: a job a shell starts in the
+    background (`cmd &`) inherits SIGINT ignored, and Python leaves it so."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def _sigint_default():
+    """In a child before exec: SIGINT back to the default, for its Python."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_stops_at_a_step_boundary_and_keeps_the_last_checkpoint(tmp_path, python_sigint):
     X, y = _data()
     path = tmp_path / "c.safetensors"
     t = _trainer()                                          # 10 steps an epoch
@@ -250,7 +264,7 @@ def test_cli_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     child = subprocess.Popen([sys.executable, "-m", "gpubackprop", "train", "--device", "cpu",
                               "--epochs", "300", "--checkpoint", str(ckpt), "--no-progress"],
                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+                             text=True, preexec_fn=_sigint_default)
     try:
         for line in child.stdout:
             if line.startswith("epoch"):
@@ -279,7 +293,7 @@ def test_cli_gradcheck_flags_are_checked(flags, fragment, capsys):
     assert fragment in captured.err and "gradcheck: backprop" not in captured.out
 
 
-def test_an_interrupted_fit_closes_its_progress_bar(monkeypatch, capsys):
+def test_an_interrupted_fit_closes_its_progress_bar(monkeypatch, capsys, python_sigint):
     from gpubackprop import progress
 
     monkeypatch.setattr(progress, "_isatty", lambda stream: True)   # draw the bar anyway
