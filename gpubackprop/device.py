@@ -128,7 +128,9 @@ def _self_dot(flat):
     one contiguous part per usable core (threads: BLAS releases the GIL) when
     it is long; the parts' sums add up."""
     parts = min(threads.usable_cores(), flat.size // PARALLEL_DOT)
-    chunks = np.array_split(flat, max(parts, 1))
+    if parts < 2:
+        return _dot(flat)
+    chunks = np.array_split(flat, parts)
     others = [threads.pool(parts - 1).submit(_dot, c) for c in chunks[1:]]
     total = _dot(chunks[0])
     with np.errstate(over="ignore", invalid="ignore"):
