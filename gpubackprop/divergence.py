@@ -2,18 +2,31 @@
 training with TrainingDiverged(epoch, step), and the parameters and
 optimizer state are put back to the last good copy (the epoch's start, or
 the last checkpoint), so nothing of the bad steps is kept."""
-from .device import to_host
+import numpy as np
+
+from .device import all_finite, to_host
 from .history import TrainingDiverged
+from .optim import SGDState
 
 
 class Snapshot:
-    """Copies of a network's parameters and an optimizer state (optim.SGDState)."""
+    """Copies of a network's parameters and an optimizer state (optim.SGDState).
+
+    take() copies them again into the same arrays: a trainer keeps one
+    Snapshot for all its epochs and fits, because a fresh copy each epoch
+    is fresh memory, which the system faults in and zeroes page by page
+    before the copy (for a wide network, a large part of a short epoch)."""
 
     def __init__(self, net, state):
-        xp = net.device.xp
-        self.net, self.state = net, state
-        self.params = [(xp.copy(W), xp.copy(b)) for W, b in net.params]
-        self.velocities = state.copy()
+        self.net, self.params, self.velocities = net, [], SGDState([])
+        self.take(state)
+
+    def take(self, state):
+        """Copy the network's parameters and `state` now (the state to restore into)."""
+        self.state = state
+        self.params = _copies(self.params, self.net.params)
+        self.velocities = SGDState(_copies(self.velocities.velocities, state.velocities))
+        return self
 
     def restore(self):
         """Put the copies back, in place (the arrays the caller holds)."""
@@ -23,9 +36,29 @@ class Snapshot:
         self.state.load(self.velocities.arrays())
 
 
+def _copies(old, pairs):
+    """[(copy of x, copy of y)] for pairs [(x, y)] (None stays None), into
+    old's arrays where they have the same type, shape and dtype."""
+    if len(old) != len(pairs):
+        old = [(None, None)] * len(pairs)
+    return [tuple(_copy_into(o, x) for o, x in zip(olds, pair)) for olds, pair in zip(old, pairs)]
+
+
+def _copy_into(out, x):
+    if x is None:
+        return None
+    if out is None or type(out) is not type(x) or out.shape != x.shape or out.dtype != x.dtype:
+        return x.copy()
+    out[...] = x
+    return out
+
+
 def params_finite(net):
-    """A device bool: every parameter of `net` is finite."""
+    """A device bool: every parameter of `net` is finite (on the CPU by
+    device.all_finite, without a temporary array per parameter)."""
     xp = net.device.xp
+    if xp is np:
+        return np.bool_(all(all_finite(W) and all_finite(b) for W, b in net.params))
     return xp.stack([xp.isfinite(W).all() & xp.isfinite(b).all() for W, b in net.params]).all()
 
 

@@ -69,6 +69,7 @@ class Trainer:
         self._interrupted = False       # set by Ctrl-C during fit (see guards.deferred_interrupt)
         #: the optimizer's state (optim.SGDState), made on the first fit
         self.state = None
+        self._last_good = None          # a divergence.Snapshot, taken again into its arrays
 
     @property
     def batch_size(self):
@@ -242,7 +243,7 @@ class Trainer:
             t0 = time.perf_counter()
             rng_state = self.rng.bit_generator.state       # to replay this epoch's shuffle
             order = self._order(n)
-            snapshot = Snapshot(net, self.state)
+            snapshot = self._snapshot()
             done_costs, n_correct = partial      # steps before a resumed checkpoint
             step, marks, costs = start_step, [], []
             while step < n_steps:
@@ -265,7 +266,7 @@ class Trainer:
                     done_costs = np.concatenate([done_costs, *map(_host64, costs)])
                     costs, n_correct = [], int(to_host(n_correct))
                     comm.on_root(ckpt.save, epoch, stop, rng_state, (done_costs, n_correct))
-                    snapshot = Snapshot(net, self.state)
+                    snapshot = self._snapshot()
                 step = stop
             start_step, partial = 0, _NO_PARTIAL
             loss_sum, n_correct, ok = self._epoch_sums(done_costs, costs, n_correct)  # one sync
@@ -289,6 +290,12 @@ class Trainer:
                 callback(record)
         bar.close()
         return self.history
+
+    def _snapshot(self):
+        """The parameters and optimizer state now, copied into the last snapshot's arrays."""
+        if self._last_good is None:
+            self._last_good = Snapshot(self.net, self.state)
+        return self._last_good.take(self.state)
 
     # -- the mini-batch loop ------------------------------------------------------
     def hyper(self):
@@ -322,7 +329,7 @@ class Trainer:
 
         def run(fast_path, steps):     # on the first rows, then back to the snapshot
             order = xp.arange(steps * self.batch_size) % X.shape[0]
-            snapshot = Snapshot(self.net, self.state)   # only when autotune measures
+            snapshot = self._snapshot()     # only when autotune measures
             try:
                 with np.errstate(all="ignore"):
                     t0 = time.perf_counter()

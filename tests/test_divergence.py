@@ -108,3 +108,25 @@ def test_training_goes_on_after_a_divergence_with_a_smaller_lr():
     t.optimizer.lr = 0.01
     t.fit(X, Y, epochs=2)
     assert len(t.history) == 2 and all(np.isfinite(t.history.loss))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_later_fits_copy_the_epoch_start_into_the_same_arrays(backend):
+    """The last good copy is taken again, into the arrays of the one before
+    (fresh memory each epoch costs page faults), and stays right when the
+    optimizer's state changes shape between fits (momentum switched on)."""
+    X, Y = _data()
+    t = _trainer(backend, momentum=0.0)
+    t.fit(X, Y, epochs=2)
+    kept = [W for W, _ in t._last_good.params]
+    t.optimizer.momentum = 0.5                        # velocities appear
+    t.fit(X, Y, epochs=1)
+    assert all(W is W0 for (W, _), W0 in zip(t._last_good.params, kept))
+    start = _copy_state(t)
+    t.optimizer.lr = 1e8
+    with pytest.raises(gb.TrainingDiverged, match="epoch 0"):
+        t.fit(X, Y, epochs=2)
+    _assert_state(t, start)                           # parameters and velocities put back
+    t.optimizer.lr, t.optimizer.momentum = 0.01, 0.0
+    t.fit(X, Y, epochs=1)
+    assert np.isfinite(t.history.loss).all()
