@@ -22,7 +22,7 @@ try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
     from sklearn.utils import check_random_state
     from sklearn.utils.multiclass import check_classification_targets
-    from sklearn.utils.validation import check_is_fitted
+    from sklearn.utils.validation import check_is_fitted, column_or_1d
 except ImportError:  # pragma: no cover - exercised without scikit-learn
     raise ImportError("gpubackprop.sklearn needs scikit-learn: pip install scikit-learn") \
         from None
@@ -199,10 +199,12 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
         return "softmax" if loss in ("cross_entropy", "ce") else "sigmoid"
 
     def fit(self, X, y):
-        """Train a new network for `epochs` epochs; returns self."""
-        X, y = _validate_data(self, X, y, dtype=[np.float64, np.float32])
-        check_classification_targets(y)
-        self.classes_ = np.unique(y)
+        """Train a new network for `epochs` epochs; returns self.  y: class
+        labels (n_samples,) or one-hot rows (n_samples, n_classes), then
+        predict answers in one-hot rows too."""
+        X, y = self._check_Xy(X, y, reset=True)
+        self._one_hot_y = y.ndim == 2
+        self.classes_ = np.arange(y.shape[1]) if self._one_hot_y else np.unique(y)
         if len(self.classes_) < 2:
             raise ValueError(f"MLPClassifier needs at least 2 classes in y; got 1 class "
                              f"({self.classes_[0]!r})")
@@ -211,25 +213,50 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
         return self
 
     def partial_fit(self, X, y, classes=None):
-        """One epoch on (X, y); the first call needs `classes` (all labels)."""
+        """One epoch on (X, y); the first call needs `classes` (all labels),
+        unless y is one-hot (its columns are the classes)."""
         first = not hasattr(self, "net_")
-        X, y = _validate_data(self, X, y, reset=first, dtype=[np.float64, np.float32])
-        check_classification_targets(y)
+        X, y = self._check_Xy(X, y, reset=first)
         if first:
-            if classes is None:
+            self._one_hot_y = y.ndim == 2
+            if classes is None and not self._one_hot_y:
                 raise ValueError("classes must be given on the first call to partial_fit "
                                  "(every label the data may hold)")
-            self.classes_ = np.unique(classes)
+            self.classes_ = np.arange(y.shape[1]) if classes is None else np.unique(classes)
             if len(self.classes_) < 2:
                 raise ValueError("MLPClassifier needs at least 2 classes")
             self._build(X.shape[1], len(self.classes_))
+        elif self._one_hot_y != (y.ndim == 2):
+            raise ValueError("y must be given as the first call gave it: "
+                             + ("one-hot rows" if self._one_hot_y else "class labels (n_samples,)"))
         elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
             raise ValueError(f"classes {list(np.unique(classes))} differ from the first "
                              f"call's {list(self.classes_)}")
         self._train(X, self._one_hot(y), 1, split=False)
         return self
 
+    def _check_Xy(self, X, y, reset):
+        """(X, y) checked as scikit-learn does; a 2-D y must be one-hot rows
+        (a column vector is labels, with scikit-learn's warning)."""
+        X, y = _validate_data(self, X, y, reset=reset, dtype=[np.float64, np.float32],
+                              multi_output=True)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        check_classification_targets(y)
+        if y.ndim == 2:
+            ones = (y == 1).sum(axis=1)
+            if not (np.isin(y, (0, 1)).all() and (ones == 1).all()):
+                raise ValueError(f"y of shape {y.shape} must be one-hot rows (a single 1 in "
+                                 f"each, zeros elsewhere) or class labels (n_samples,); "
+                                 f"multi-label targets are not supported")
+        return X, y
+
     def _one_hot(self, y):
+        if y.ndim == 2:
+            if y.shape[1] != len(self.classes_):
+                raise ValueError(f"y has {y.shape[1]} one-hot columns; the classifier has "
+                                 f"{len(self.classes_)} classes")
+            return np.asarray(y, dtype=np.float64)
         idx = np.searchsorted(self.classes_, y)
         if np.any(idx >= len(self.classes_)) or np.any(self.classes_[idx % len(self.classes_)]
                                                         != y):
@@ -254,9 +281,12 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
         return np.where(total > 0, a / np.where(total > 0, total, 1.0), 1.0 / a.shape[1])
 
     def predict(self, X):
-        """The class of the largest output, as a label of classes_."""
-        out = self._forward(X)
-        return self.classes_[out.argmax(axis=1)]
+        """The class of the largest output, as a label of classes_ (as a
+        one-hot row where fit was given one-hot rows)."""
+        k = self._forward(X).argmax(axis=1)
+        if getattr(self, "_one_hot_y", False):
+            return np.eye(len(self.classes_), dtype=np.int64)[k]
+        return self.classes_[k]
 
 
 class MLPRegressor(RegressorMixin, _MLPBase):

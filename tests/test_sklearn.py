@@ -70,6 +70,39 @@ def test_labels_of_any_kind_and_probabilities(digits):
         assert np.mean(pred == names[digits.y_test]) > 0.85
 
 
+def test_one_hot_labels_train_as_the_class_indices_do(digits):
+    """One-hot rows (as gb.Trainer takes them) give the same network as their
+    class indices; predict then answers in one-hot rows, and score agrees."""
+    X, y = digits.X_train[:300], digits.y_train[:300]
+    Y = np.eye(10)[y]
+    by_index = MLPClassifier(epochs=3, backend="numpy", random_state=0).fit(X, y)
+    by_row = MLPClassifier(epochs=3, backend="numpy", random_state=0).fit(X, Y)
+    assert np.array_equal(by_row.classes_, np.arange(10))
+    assert np.array_equal(by_row.predict_proba(X), by_index.predict_proba(X))
+    pred = by_row.predict(digits.X_test)
+    assert pred.shape == (len(digits.X_test), 10) and (pred.sum(axis=1) == 1).all()
+    assert np.array_equal(pred.argmax(axis=1), by_index.predict(digits.X_test))
+    assert by_row.score(digits.X_test, np.eye(10)[digits.y_test]) == \
+        by_index.score(digits.X_test, digits.y_test)
+    by_row.partial_fit(X, Y)                          # one-hot again: one more epoch
+    assert by_row.n_iter_ == 4
+    with pytest.raises(ValueError, match="as the first call gave it: one-hot rows"):
+        by_row.partial_fit(X, y)
+    first = MLPClassifier(backend="numpy", random_state=0).partial_fit(X, Y)  # no classes=
+    assert len(first.classes_) == 10
+
+
+@pytest.mark.parametrize("y, match", [
+    (np.array([[1, 1, 0], [0, 1, 0]] * 5), "multi-label targets are not supported"),
+    (np.array([[2, 0, 0], [0, 1, 0]] * 5), "must be one-hot rows"),
+    (np.zeros((10, 3)), "a single 1 in each"),
+])
+def test_targets_that_are_not_one_hot_rows_are_refused(y, match):
+    X = np.random.default_rng(0).normal(size=(10, 4))
+    with pytest.raises(ValueError, match=match):
+        MLPClassifier(backend="numpy").fit(X, y)
+
+
 def test_pipeline_and_grid_search(digits):
     from sklearn.model_selection import GridSearchCV
     from sklearn.pipeline import make_pipeline
