@@ -67,23 +67,44 @@ def _time_forward(x, W, z, hand, reps):
 @njit(fastmath={"reassoc", "contract"})
 def _matmul_nt(x, W, z):
     """z = x @ W.T for a small step: z[i, j] is the dot product of the rows
-    x[i] and W[j] (contiguous), computed two rows by two (each row loaded
-    once per pair) and vectorised over k (reassoc lets LLVM split each sum
-    over vector lanes).  An odd last row or column repeats its neighbour's."""
+    x[i] and W[j] (contiguous), computed in blocks of four rows by four
+    (sixteen sums, each row loaded once per block: the loads stay under the
+    multiply-adds) and vectorised over k (reassoc lets LLVM split each sum
+    over vector lanes).  Rows past the last repeat it."""
     B, K = x.shape
     N = W.shape[0]
-    for i in range(0, B, 2):
-        i1 = min(i + 1, B - 1)
-        for j in range(0, N, 2):
-            j1 = min(j + 1, N - 1)
-            c00, c01 = x[i, 0] * W[j, 0], x[i, 0] * W[j1, 0]
-            c10, c11 = x[i1, 0] * W[j, 0], x[i1, 0] * W[j1, 0]
-            for k in range(1, K):
-                c00 += x[i, k] * W[j, k]
-                c01 += x[i, k] * W[j1, k]
-                c10 += x[i1, k] * W[j, k]
-                c11 += x[i1, k] * W[j1, k]
-            z[i, j], z[i, j1], z[i1, j], z[i1, j1] = c00, c01, c10, c11
+    for i in range(0, B, 4):
+        i1, i2, i3 = min(i + 1, B - 1), min(i + 2, B - 1), min(i + 3, B - 1)
+        x0, x1, x2, x3 = x[i], x[i1], x[i2], x[i3]
+        for j in range(0, N, 4):
+            j1, j2, j3 = min(j + 1, N - 1), min(j + 2, N - 1), min(j + 3, N - 1)
+            w0, w1, w2, w3 = W[j], W[j1], W[j2], W[j3]
+            zero = x0[0] - x0[0]          # x's type: a float32 sum stays float32 (0 is int64)
+            c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = zero
+            c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = zero
+            for k in range(K):
+                a0, a1, a2, a3 = x0[k], x1[k], x2[k], x3[k]
+                b0, b1, b2, b3 = w0[k], w1[k], w2[k], w3[k]
+                c00 += a0 * b0
+                c01 += a0 * b1
+                c02 += a0 * b2
+                c03 += a0 * b3
+                c10 += a1 * b0
+                c11 += a1 * b1
+                c12 += a1 * b2
+                c13 += a1 * b3
+                c20 += a2 * b0
+                c21 += a2 * b1
+                c22 += a2 * b2
+                c23 += a2 * b3
+                c30 += a3 * b0
+                c31 += a3 * b1
+                c32 += a3 * b2
+                c33 += a3 * b3
+            z[i, j], z[i, j1], z[i, j2], z[i, j3] = c00, c01, c02, c03
+            z[i1, j], z[i1, j1], z[i1, j2], z[i1, j3] = c10, c11, c12, c13
+            z[i2, j], z[i2, j1], z[i2, j2], z[i2, j3] = c20, c21, c22, c23
+            z[i3, j], z[i3, j1], z[i3, j2], z[i3, j3] = c30, c31, c32, c33
 
 
 @njit(inline="always")
