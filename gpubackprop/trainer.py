@@ -69,7 +69,7 @@ class Trainer:
         self._interrupted = False       # set by Ctrl-C during fit (see guards.deferred_interrupt)
         #: the optimizer's state (optim.SGDState), made on the first fit
         self.state = None
-        self._last_good = None          # a divergence.Snapshot, taken again into its arrays
+        self._last_good = None   # divergence.Snapshot, copied into again (kept between CPU fits)
 
     @property
     def batch_size(self):
@@ -189,6 +189,8 @@ class Trainer:
             if getattr(self, "_bar", None) is not None:
                 self._bar.close()        # an error or Ctrl-C leaves no bar half drawn
                 self._bar = None
+            if net.device.kind == "cuda":
+                self._last_good = None   # device memory back (the next fit's estimate counts it)
 
     def _check_memory(self, X, validation):
         """Before moving data to a CUDA device: does the run fit?"""
