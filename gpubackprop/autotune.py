@@ -102,6 +102,12 @@ def cache_path():
         return None
     if _path is not None:
         return _path
+    return _default_path(os.environ.get("HOME"))
+
+
+@functools.lru_cache(maxsize=2)
+def _default_path(home):
+    """~/.cache/gpubackprop/autotune.json for this HOME (asked for by every fit)."""
     try:
         return Path.home() / ".cache" / "gpubackprop" / "autotune.json"
     except (RuntimeError, KeyError):       # no HOME and no passwd entry
@@ -268,7 +274,12 @@ def _read():
 
 def _in_file(section="choices"):
     """{key: entry} recorded in the file's `section` for this machine."""
-    entries = _this_machine(_stamp()).get(section, {})
+    return _valid_entries(_stamp(), section)
+
+
+@functools.lru_cache(maxsize=4)
+def _valid_entries(stamp, section):
+    entries = _this_machine(stamp).get(section, {})
     valid = _valid if section == "choices" else _valid_kernel
     return {k: v for k, v in entries.items() if valid(v)} if isinstance(entries, dict) else {}
 

@@ -107,7 +107,9 @@ def all_finite(array):
     if is_cupy_array(array):
         return bool(to_host(import_cupy().isfinite(array).all()))
     array = np.asarray(array)
-    if array.dtype in (np.float32, np.float64) and array.flags.c_contiguous and array.size:
+    if array.size < SMALL_CHECK:
+        return bool(np.isfinite(array).all())
+    if array.dtype in (np.float32, np.float64) and array.flags.c_contiguous:
         # x.x in one BLAS pass, no temporary (every fit checks its data: the
         # time is in bench/RESULTS.md): its terms are >= 0 or NaN, so a NaN
         # or inf entry makes it NaN or inf and a finite x.x proves every
@@ -118,6 +120,9 @@ def all_finite(array):
     return bool(np.isfinite(array).all())
 
 
+#: arrays of fewer entries are checked by isfinite (their temporary is small,
+#: and a BLAS call with its error state costs more than the pass)
+SMALL_CHECK = 1 << 14
 #: entries from which x.x is split over the cores: one core alone does not
 #: reach the memory's bandwidth, and smaller arrays are not worth a hand-off
 PARALLEL_DOT = 1 << 20
