@@ -267,8 +267,9 @@ def _print_autotune():
     print(f"kernels, measured on this machine: {len(kernels)} recorded")
     for spec, entry in kernels:
         times = ", ".join(f"{c} {s * 1e6:.3g} us" for c, s in entry["seconds"].items())
+        hand = f"; the hand kernel in {spec['hand']}" if "hand" in spec else ""
         print(f"  {spec['backend']} {spec['kernel']} {' x '.join(map(str, spec['shape']))} "
-              f"{spec['dtype']}: {entry['choice']} ({times}; {entry.get('date', '?')})")
+              f"{spec['dtype']}: {entry['choice']} ({times}; {entry.get('date', '?')}{hand})")
 
 
 def build_parser():
