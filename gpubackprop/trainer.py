@@ -295,8 +295,9 @@ class Trainer:
 
     def _snapshot(self):
         """The parameters and optimizer state now, copied into the last snapshot's arrays."""
-        if self._last_good is None:
-            self._last_good = Snapshot(self.net, self.state)
+        if self._last_good is None or self._last_good.net is not self.net:
+            self._last_good = Snapshot(self.net, self.state)      # copies them
+            return self._last_good
         return self._last_good.take(self.state)
 
     # -- the mini-batch loop ------------------------------------------------------

@@ -130,3 +130,17 @@ def test_later_fits_copy_the_epoch_start_into_the_same_arrays(backend):
     t.optimizer.lr, t.optimizer.momentum = 0.01, 0.0
     t.fit(X, Y, epochs=1)
     assert np.isfinite(t.history.loss).all()
+
+
+def test_a_trainer_given_another_network_goes_back_to_that_one():
+    X, Y = _data()
+    t = _trainer("numpy", momentum=0.0)
+    t.fit(X, Y, epochs=1)
+    t.net = gb.MLP.from_sizes([4, 6, 2], activation="tanh", output_activation="identity",
+                              backend="numpy", seed=7)
+    start = [(W.copy(), b.copy()) for W, b in t.net.params]
+    t.optimizer.lr = 1e8
+    with pytest.raises(gb.TrainingDiverged):
+        t.fit(X, Y, epochs=1)
+    assert all(np.array_equal(W, W0) and np.array_equal(b, b0)
+               for (W, b), (W0, b0) in zip(t.net.params, start))
