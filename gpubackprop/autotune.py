@@ -102,12 +102,6 @@ def cache_path():
         return None
     if _path is not None:
         return _path
-    return _default_path(os.environ.get("HOME"))
-
-
-@functools.lru_cache(maxsize=2)
-def _default_path(home):
-    """~/.cache/gpubackprop/autotune.json for this HOME (asked for by every fit)."""
     try:
         return Path.home() / ".cache" / "gpubackprop" / "autotune.json"
     except (RuntimeError, KeyError):       # no HOME and no passwd entry
