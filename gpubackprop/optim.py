@@ -37,10 +37,6 @@ class SGDState:
         for name, v in self.arrays().items():
             v[...] = _like(v, arrays[name])
 
-    def copy(self):
-        return SGDState([tuple(None if v is None else v.copy() for v in pair)
-                         for pair in self.velocities])
-
     def fits(self, params):
         """True if this state has the shapes and dtypes of `params`."""
         if len(self.velocities) != len(params):

@@ -342,7 +342,8 @@ def test_split_steps_stop_before_the_bad_step():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("B, K, N", [(1, 1, 1), (1, 784, 30), (10, 784, 30), (7, 33, 5),
-                                     (2, 3, 1), (3, 1, 2), (11, 64, 9), (4, 8, 4), (5, 2, 6), (9, 16, 13)])
+                                     (2, 3, 1), (3, 1, 2), (11, 64, 9), (4, 8, 4), (5, 2, 6),
+                                     (9, 16, 13)])
 def test_the_small_step_gemm_matches_numpy(dtype, B, K, N):
     """_matmul_nt (the compiled epoch's forward GEMM below SMALL_GEMM
     multiply-adds) against NumPy in float64, odd shapes, every row and column."""
