@@ -130,9 +130,12 @@ def check_distributions(Y, argument="Y"):
     if not Y.size:
         return
     tol = max(1e-6, 4 * n_out * float(np.finfo(Y.dtype).eps))
-    # row sums as a matrix-vector product and one minimum: row-wise reductions
-    # over a few columns are several times slower (every fit checks its Y)
-    sums = Y.astype(xp.float64, copy=False) @ xp.ones(n_out, dtype=xp.float64)
+    # row sums by einsum's own loop and one minimum: a row-wise sum over a few
+    # columns is several times slower, and NumPy's matrix-vector product wakes
+    # its BLAS threads, which spin on the cores the epoch right after needs
+    # (every fit checks its Y; bench/RESULTS.md)
+    Y64 = Y.astype(xp.float64, copy=False)
+    sums = xp.einsum("ij->i", Y64) if xp is np else Y64 @ xp.ones(n_out, dtype=xp.float64)
     if bool(to_host((Y.min() >= 0) & (xp.abs(sums - 1.0).max() <= tol))):
         return
     bad = (Y < 0).any(axis=1) | (xp.abs(sums - 1.0) > tol)

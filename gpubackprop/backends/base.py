@@ -82,10 +82,14 @@ class Backend:
         return 0
 
     # -- the four ops ----------------------------------------------------------
+    def matmul(self, a, b, out=None):
+        """a @ b (into `out` if given): the ops' one GEMM call."""
+        return self.xp.matmul(a, b, out=out)
+
     def dense_forward(self, a_prev, W, b, activation, out=None):
         """a = sigma(a_prev @ W.T + b); writes into `out` (B, n_out) if given."""
         xp = self.xp
-        z = xp.matmul(a_prev, W.T, out=out)        # z = a_prev @ W.T
+        z = self.matmul(a_prev, W.T, out)            # z = a_prev @ W.T
         z += b                                       #     + b
         return activations.apply(activation, z, xp, out=z)   # a = sigma(z), in place
 
@@ -104,7 +108,7 @@ class Backend:
     def delta_propagate(self, delta, W, a_prev, activation, out=None):
         """delta_prev = (delta @ W) * sigma'(z_prev), sigma' taken from a_prev."""
         xp = self.xp
-        g = xp.matmul(delta, W, out=out)            # delta @ W
+        g = self.matmul(delta, W, out)              # delta @ W
         if activation != "identity":
             g *= activations.derivative(activation, a_prev, xp)   # * sigma'(z_prev)
         return g
@@ -113,7 +117,7 @@ class Backend:
         """(dW, db) = (scale * delta.T @ a_prev, scale * delta.sum(0)), into
         dW (n_out, n_in) and db (n_out,) when given."""
         xp = self.xp
-        dW = xp.matmul(delta.T, a_prev, out=dW)     # sum over the batch of outer products
+        dW = self.matmul(delta.T, a_prev, dW)       # sum over the batch of outer products
         dW *= scale
         db = xp.sum(delta, axis=0, out=db)
         db *= scale

@@ -19,27 +19,25 @@ sums are added in order and one update follows.
 
 The trainer's loop, which runs when the epoch does not pay (autotune.py
 measures which is faster per shape) or cannot run (another optimizer, data-
-parallel training), gets this backend's four ops: NumPy's matmul for the
-GEMMs and, between them, one compiled pass each (bias + sigma, delta *
-sigma', the column sums) where NumPy makes a pass per ufunc.
+parallel training), gets this backend's four ops: the GEMMs on SciPy's BLAS
+as in the epoch (matmul) and, between them, one compiled pass each (bias +
+sigma, delta * sigma', the column sums) where NumPy makes a pass per ufunc.
 
 The kernels, their compilation and caching: numba_cpu_kernels.py.
 """
 import concurrent.futures
 import contextlib
-import ctypes
 import functools
 import math
 import time
 
 import numba
-import numba.extending
 import numpy as np
 
 from .. import activations, autotune
 from ..checks import choice, positive_int
 from ..threads import pool as thread_pool, usable_cores
-from . import numba_cpu_blocks as blocks, numba_cpu_kernels as kernels
+from . import numba_cpu_blas as blas, numba_cpu_blocks as blocks, numba_cpu_kernels as kernels
 from .base import Backend
 
 NOTICE = kernels.NOTICE
@@ -66,7 +64,7 @@ HAND_KERNEL = "4 x 4 blocks"
 def _compilable(*arrays, gemm=()):
     """True if the compiled ops take these arrays: the first has at least
     COMPILED_OPS_MIN elements; all NumPy, 2-D, one float dtype, C-contiguous and
-    writable but for the GEMM's operands `gemm` (NumPy's matmul takes any).
+    writable but for the GEMM's operands `gemm` (matmul takes any).
     Anything else runs the NumPy ops: the choice depends on shapes alone, so a
     caller with or without output buffers gets the same bits."""
     every = (*gemm, *arrays)
@@ -132,15 +130,21 @@ class NumbaCPUBackend(Backend):
         if np.dtype(dtype) not in (np.float32, np.float64):
             raise ValueError(f"backend 'numba' trains float32 or float64 networks; got {dtype}")
 
-    # -- the four ops (the trainer's loop): NumPy's GEMMs, and the passes between them
+    # -- the four ops (the trainer's loop): SciPy's GEMMs, and the passes between them
     #    compiled, one sweep each where NumPy makes one per ufunc.  The same code runs
     #    with or without output buffers, so every caller gets the same bits.
+    def matmul(self, a, b, out=None):
+        """a @ b on SciPy's BLAS, the library of the compiled epoch: NumPy's,
+        another, leaves its threads spinning on the cores the epoch needs
+        (numba_cpu_blas.py)."""
+        return blas.matmul(a, b, out)
+
     def dense_forward(self, a_prev, W, b, activation, out=None):
         b = b.reshape(1, -1)
         out = _buffer(out, (a_prev.shape[0], W.shape[0]), a_prev)
         if not _compilable(out, b, gemm=(a_prev, W)):
             return super().dense_forward(a_prev, W, b[0], activation, out)
-        np.matmul(a_prev, W.T, out=out)                          # z = a_prev @ W.T
+        self.matmul(a_prev, W.T, out)                            # z = a_prev @ W.T
         _run("_bias_sigma_op", out, b, _code(activation))       # a = sigma(z + b)
         return out
 
@@ -155,7 +159,7 @@ class NumbaCPUBackend(Backend):
         out = _buffer(out, (delta.shape[0], W.shape[1]), delta)
         if not _compilable(out, a_prev, gemm=(delta, W)):
             return super().delta_propagate(delta, W, a_prev, activation, out)
-        np.matmul(delta, W, out=out)                               # delta @ W
+        self.matmul(delta, W, out)                                 # delta @ W
         _run("_times_dsigma_op", out, a_prev, _code(activation))  # * sigma'(z_prev)
         return out
 
@@ -164,7 +168,7 @@ class NumbaCPUBackend(Backend):
         db = _buffer(db, (delta.shape[1],), delta)
         if db is None or not _compilable(delta, dW, db.reshape(1, -1), gemm=(a_prev,)):
             return super().weight_gradient(delta, a_prev, scale, dW, db)
-        np.matmul(delta.T, a_prev, out=dW)          # sum over the batch of outer products
+        self.matmul(delta.T, a_prev, dW)            # sum over the batch of outer products
         _run("_gradient_scale_op", delta, delta.dtype.type(scale), dW, db.reshape(1, -1))
         return dW, db
 
@@ -246,8 +250,8 @@ class NumbaCPUBackend(Backend):
         """The steps in one compiled call: (n_correct, bad step or -1);
         blocking = (hand, block) as _forward_cost takes them."""
         scratch = self._part_buffers(grads, lists[4:], 1)[0][2:]
-        args = (*lists, *scratch, y, codes, *blocking, blas_gemm(y.dtype),
-                _blas_scratch(y.dtype), X, Y, order, *consts, step_costs)
+        args = (*lists, *scratch, y, codes, *blocking, blas.gemm(y.dtype),
+                blas.scratch(y.dtype), X, Y, order, *consts, step_costs)
         epoch = kernels.ready("_epoch", (numba.typeof(X), numba.typeof(Y)),
                               lambda: (*args[:-1], args[-1][:0]))       # zero steps
         correct, bad_step, _ = epoch(*args)
@@ -264,7 +268,7 @@ class NumbaCPUBackend(Backend):
         rows = y.shape[0]
         bounds = [p * rows // parts for p in range(parts + 1)]
         buffers = self._part_buffers(grads, (dW, db), parts)
-        gemm = (blas_gemm(y.dtype), _blas_scratch(y.dtype))      # no fold in a part
+        gemm = (blas.gemm(y.dtype), blas.scratch(y.dtype))      # no fold in a part
         run_part = kernels.ready("_part_op", (numba.typeof(X), numba.typeof(Y)), lambda: (
             params, a, delta, y, codes, hand, X, Y, order, 0, 0, 0, block, loss_code, tiny,
             *buffers[0][:4], *gemm))
@@ -331,22 +335,6 @@ class NumbaCPUBackend(Backend):
 
             self._blas = ThreadpoolController()
         return self._blas.limit(limits=threads, user_api="blas")
-
-
-@functools.cache
-def blas_gemm(dtype):
-    """SciPy's BLAS sgemm or dgemm as a ctypes function: the epoch's folded
-    update calls it (blocks._gemm_update).  Its by-reference arguments are
-    passed as 64-bit integers (addresses)."""
-    name = {np.dtype(np.float32): "sgemm", np.dtype(np.float64): "dgemm"}[np.dtype(dtype)]
-    address = numba.extending.get_cython_function_address("scipy.linalg.cython_blas", name)
-    return ctypes.CFUNCTYPE(None, *[ctypes.c_uint64] * 13)(address)
-
-
-def _blas_scratch(dtype):
-    """The arguments blas_gemm's function reads by reference (chars, ints,
-    scalars): one set per call, as threads share the function."""
-    return np.frombuffer(b"NT", np.uint8).copy(), np.zeros(6, np.int32), np.zeros(2, dtype)
 
 
 def _typed(arrays, like=None):

@@ -178,7 +178,7 @@ def _add_into(dW, db, part_W, part_b):
 @njit(inline="always")
 def _gemm_update(gemm, blas, W, delta, a_prev, alpha, beta):
     """W = beta W + alpha delta.T @ a_prev in one BLAS call: gemm is SciPy's
-    sgemm or dgemm (numba_cpu.blas_gemm, passed in as an argument: a global
+    sgemm or dgemm (numba_cpu_blas.gemm, passed in as an argument: a global
     function pointer would keep the epoch out of Numba's cache) and blas =
     (chars, ints, scalars) the scratch its by-reference arguments point
     into.  Row-major W is column-major W.T (n_in x n_out) = a_prev.T @ delta:

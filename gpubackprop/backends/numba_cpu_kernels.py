@@ -278,8 +278,7 @@ def empty_list_of(like):
     return out
 
 
-# -- the passes between the trainer loop's GEMMs (NumPy's matmul: its BLAS is faster
-#    than the one compiled code reaches at some shapes, bench/RESULTS.md) --------------
+# -- the passes between the trainer loop's GEMMs (NumbaCPUBackend.matmul runs those) ---
 def _bias_sigma_op(z, b, code):
     """z = sigma(z + b) in place, b (1, n)."""
     _bias_sigma(z, b[0], code)
