@@ -86,3 +86,9 @@ def test_the_backends_ops_and_evaluation_run_on_it(monkeypatch):
     for (dW, db), (dW_ref, db_ref) in zip(grads, expected):
         assert rel_err(dW, dW_ref) < 1e-12 and rel_err(db, db_ref) < 1e-12
     assert isinstance(net.backend, NumbaCPUBackend)
+
+
+def test_a_dimension_past_32_bits_is_left_to_numpy():
+    tall = np.lib.stride_tricks.as_strided(np.zeros(1), shape=(2 ** 31, 1), strides=(0, 8))
+    assert not blas._blas_operands(tall, np.ones((1, 1)), None)
+    assert blas._blas_operands(tall[:2 ** 31 - 1], np.ones((1, 1)), None)

@@ -49,15 +49,19 @@ def _layout(x):
     return "C" if x.flags.c_contiguous else "F" if x.flags.f_contiguous else None
 
 
+#: SciPy's BLAS takes 32-bit dimensions
+_MAX_DIM = 2 ** 31 - 1
+
+
 def _blas_operands(a, b, out):
     """True if gemm can compute out = a @ b: 2-D NumPy arrays of one
-    float dtype, no dimension 0, out (if given) C-contiguous, writable and
-    apart from a and b."""
+    float dtype, no dimension 0 or past _MAX_DIM, out (if given)
+    C-contiguous, writable and apart from a and b."""
     arrays = (a, b) if out is None else (a, b, out)
     if not all(type(x) is np.ndarray and x.ndim == 2 for x in arrays) \
             or a.dtype not in (np.float32, np.float64) \
             or any(x.dtype != a.dtype for x in arrays) or a.shape[1] != b.shape[0] \
-            or 0 in a.shape or b.shape[1] == 0:
+            or not 0 < min(*a.shape, b.shape[1]) <= max(*a.shape, b.shape[1]) <= _MAX_DIM:
         return False
     return out is None or (out.shape == (a.shape[0], b.shape[1]) and out.flags.c_contiguous
                            and out.flags.writeable and not np.may_share_memory(out, a)
