@@ -1,16 +1,18 @@
 """A fit with validation after every epoch, as a user runs one: the medium
-regime's network and batch, the epochs on the compiled fast path (SciPy's
-BLAS), the validation passes through the backend's ops.
+regime's network and batch, the epochs on the compiled fast path, the
+validation passes through the backend's ops.
 
-Two rows, one group: the ops' GEMMs on SciPy's BLAS (what backend="numba"
-does) and on NumPy's matmul (a second OpenBLAS, whose threads spin for a
-while after each validation pass on the cores the next epoch needs).
-Compare the two means within one run (bench/RESULTS.md).
+Two rows, one group: "one-library", what backend="numba" does (the epoch's
+GEMMs and the ops' on one BLAS, NumPy's where found), and "two-libraries",
+the epoch on SciPy's BLAS and the ops on NumPy's matmul (each OpenBLAS's
+threads spin for a while after its calls, on the cores the other's next
+GEMM needs).  Compare the two means within one run (bench/RESULTS.md).
 """
 import numpy as np
 import pytest
 
 import gpubackprop as gb
+from gpubackprop.backends import numba_cpu_blas
 from gpubackprop.backends.base import Backend
 from gpubackprop.backends.numba_cpu import NumbaCPUBackend
 
@@ -18,13 +20,22 @@ from gpubackprop.backends.numba_cpu import NumbaCPUBackend
 SIZES = {"tiny": (512, 256, 2), "quick": (20_000, 10_000, 5), "full": (60_000, 10_000, 10)}
 
 
-@pytest.mark.parametrize("ops_gemm", ["scipy-blas", "numpy-matmul"])
-def test_fit_with_validation(benchmark, profile, ops_gemm, monkeypatch):
+@pytest.fixture
+def libraries(request, monkeypatch):
+    """The BLAS set-up of the row (param): "one-library" or "two-libraries"."""
+    if request.param == "two-libraries":
+        monkeypatch.setattr(numba_cpu_blas, "library", numba_cpu_blas.scipy_gemm)
+        monkeypatch.setattr(NumbaCPUBackend, "matmul", Backend.matmul)
+    numba_cpu_blas.gemm.cache_clear()
+    yield request.param
+    numba_cpu_blas.gemm.cache_clear()
+
+
+@pytest.mark.parametrize("libraries", ["one-library", "two-libraries"], indirect=True)
+def test_fit_with_validation(benchmark, profile, libraries):
     regime = profile.regime("medium")
     sizes, batch = list(regime.sizes), regime.batch
     n, n_val, epochs = SIZES[profile.name]
-    if ops_gemm == "numpy-matmul":
-        monkeypatch.setattr(NumbaCPUBackend, "matmul", Backend.matmul)
     rng = np.random.default_rng(0)
     X, y = rng.random((n, sizes[0]), dtype=np.float32), rng.integers(0, sizes[-1], n)
     X_val = rng.random((n_val, sizes[0]), dtype=np.float32)

@@ -224,6 +224,12 @@ def cmd_info(args):
               f"{b['threads']} threads")
     if cpu_blas_warning(blas):
         print(f"    note: {cpu_blas_warning(blas)}")
+    try:
+        from gpubackprop.backends import numba_cpu_blas
+        print(f"  backend 'numba' runs its GEMMs on {numba_cpu_blas.library()[0]}'s BLAS "
+              "(the compiled epoch and the loop's ops alike)")
+    except ImportError:                   # numba or both BLAS missing: backends below say so
+        pass
     n, reason = cuda_status()
     print(f"devices: {', '.join(gb.available_devices())}")
     if not n:

@@ -370,13 +370,14 @@ _AVX2_KERNELS = {"Haswell", "Zen", "SandyBridge", "Sandybridge", "Nehalem", "Pre
 
 
 def cpu_blas():
-    """The BLAS libraries NumPy's matmul and the compiled epoch's np.dot
-    (SciPy's) run, as threadpoolctl finds them loaded: [{"library": "numpy"
+    """The BLAS libraries NumPy's and SciPy's wheels bring (the numba
+    backend runs one of them: backends/numba_cpu_blas.py), as threadpoolctl
+    finds them loaded: [{"library": "numpy"
     or "scipy" (whose wheel brought it), "api", "version", "kernels" (the CPU
     type OpenBLAS picked), "threads"}]."""
     import numpy  # noqa: F401
     with contextlib.suppress(ImportError):
-        import scipy.linalg.cython_blas  # noqa: F401   what numba's np.dot calls
+        import scipy.linalg.cython_blas  # noqa: F401   loaded, so that it is listed
     try:
         import threadpoolctl
         found = threadpoolctl.threadpool_info()

@@ -131,9 +131,9 @@ def check_distributions(Y, argument="Y"):
         return
     tol = max(1e-6, 4 * n_out * float(np.finfo(Y.dtype).eps))
     # row sums by einsum's own loop and one minimum: a row-wise sum over a few
-    # columns is several times slower, and NumPy's matrix-vector product wakes
-    # its BLAS threads, which spin on the cores the epoch right after needs
-    # (every fit checks its Y; bench/RESULTS.md)
+    # columns is several times slower, and a matrix-vector product wakes
+    # NumPy's BLAS threads, which spin on the cores the epoch right after
+    # needs where that runs another BLAS (every fit checks its Y; RESULTS.md)
     Y64 = Y.astype(xp.float64, copy=False)
     sums = xp.einsum("ij->i", Y64) if xp is np else Y64 @ xp.ones(n_out, dtype=xp.float64)
     if bool(to_host((Y.min() >= 0) & (xp.abs(sums - 1.0).max() <= tol))):

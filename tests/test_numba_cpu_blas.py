@@ -63,17 +63,47 @@ def test_what_blas_does_not_take_runs_numpys_matmul():
         blas.matmul(np.ones((4, 3)), np.ones((2, 2)))
 
 
-def test_the_backends_ops_and_evaluation_run_on_it(monkeypatch):
+@pytest.fixture
+def scipy_blas(monkeypatch):
+    """The backend as on a NumPy whose BLAS is not found: SciPy's."""
+    monkeypatch.setattr(blas, "library", blas.scipy_gemm)
+    blas.gemm.cache_clear()
+    blas._caller.cache_clear()
+    yield
+    blas.gemm.cache_clear()
+    blas._caller.cache_clear()
+
+
+def net_and_reference(sizes):
+    kw = dict(activation="tanh", output_activation="identity", seed=3)
+    return (gb.MLP.from_sizes(sizes, backend="numba", **kw),
+            gb.MLP.from_sizes(sizes, backend="numpy", **kw))
+
+
+def test_numpys_own_blas_is_found_here():
+    """NumPy's wheels bundle scipy-openblas64: the backend then runs NumPy's."""
+    name, sgemm, dgemm, ints = blas.library()
+    assert (name, ints) == ("numpy", np.dtype(np.int64)) and sgemm and dgemm
+
+
+def test_the_ops_and_evaluation_run_numpys_matmul_with_numpys_blas(monkeypatch):
+    calls = []
+    real = np.matmul
+    monkeypatch.setattr(np, "matmul", lambda a, b, out=None: calls.append(a.shape) or
+                        real(a, b, out=out))
+    net, ref = net_and_reference([9, 7, 4])
+    X = np.random.default_rng(2).standard_normal((300, 9))
+    assert rel_err(net.forward(X), ref.forward(X)) < 1e-13
+    assert len(calls) >= 2
+
+
+def test_with_scipys_blas_the_ops_and_evaluation_call_it(scipy_blas, monkeypatch):
     calls = []
     real = blas._blas_matmul
     monkeypatch.setattr(blas, "_blas_matmul", lambda a, b, out: calls.append(a.shape) or
                         real(a, b, out))
     rng = np.random.default_rng(2)
-    sizes = [9, 7, 4]
-    net = gb.MLP.from_sizes(sizes, activation="tanh", output_activation="identity", seed=3,
-                            backend="numba")
-    ref = gb.MLP.from_sizes(sizes, activation="tanh", output_activation="identity", seed=3,
-                            backend="numpy")
+    net, ref = net_and_reference([9, 7, 4])
     X, y = rng.standard_normal((300, 9)), rng.integers(0, 4, 300)
     assert rel_err(net.forward(X), ref.forward(X)) < 1e-13
     assert len(calls) == 2                                # one GEMM per layer
@@ -86,6 +116,29 @@ def test_the_backends_ops_and_evaluation_run_on_it(monkeypatch):
     for (dW, db), (dW_ref, db_ref) in zip(grads, expected):
         assert rel_err(dW, dW_ref) < 1e-12 and rel_err(db, db_ref) < 1e-12
     assert isinstance(net.backend, NumbaCPUBackend)
+
+
+@pytest.mark.parametrize("library", ["numpy", "scipy"])
+def test_the_compiled_epoch_on_either_library_trains_as_the_reference(library, request):
+    """The epoch's GEMMs through gemm (forward, delta, the folded update),
+    float64, against the NumPy backend's loop: SciPy's library takes 32-bit
+    ints, NumPy's 64-bit ones, each its own compiled signature."""
+    if library == "scipy":
+        request.getfixturevalue("scipy_blas")
+    rng = np.random.default_rng(5)
+    X, y = rng.standard_normal((64, 9)), rng.integers(0, 4, 64)
+    nets = []
+    for backend in ("numba", "numpy"):
+        net = gb.MLP.from_sizes([9, 11, 4], activation="sigmoid", output_activation="identity",
+                                seed=1, backend=backend)
+        trainer = gb.Trainer(net, loss="cross_entropy", optimizer=gb.SGD(lr=0.5), batch_size=8,
+                             seed=0)
+        trainer.fit(X, y, epochs=2, progress=False)
+        nets.append((net, trainer))
+    (net, trainer), (ref, _) = nets
+    assert trainer.path_choice.fast_path
+    for (W, b), (W_ref, b_ref) in zip(net.params, ref.params):
+        assert rel_err(W, W_ref) < 1e-12 and rel_err(b, b_ref) < 1e-12
 
 
 def test_a_dimension_past_32_bits_is_left_to_numpy():

@@ -19,8 +19,8 @@ sums are added in order and one update follows.
 
 The trainer's loop, which runs when the epoch does not pay (autotune.py
 measures which is faster per shape) or cannot run (another optimizer, data-
-parallel training), gets this backend's four ops: the GEMMs on SciPy's BLAS
-as in the epoch (matmul) and, between them, one compiled pass each (bias +
+parallel training), gets this backend's four ops: the GEMMs on the epoch's
+BLAS (matmul) and, between them, one compiled pass each (bias +
 sigma, delta * sigma', the column sums) where NumPy makes a pass per ufunc.
 
 The kernels, their compilation and caching: numba_cpu_kernels.py.
@@ -121,9 +121,10 @@ class NumbaCPUBackend(Backend):
     @classmethod
     def unavailable_reason(cls, device):
         try:
-            import scipy.linalg.cython_blas  # noqa: F401 - numba's np.dot calls SciPy's BLAS
+            blas.library()
         except ImportError as exc:
-            return f"backend 'numba' needs SciPy for BLAS in compiled code ({exc})"
+            return (f"backend 'numba' needs NumPy's OpenBLAS or SciPy for BLAS in compiled "
+                    f"code ({exc})")
         return None
 
     def check_network(self, sizes, activations_, dtype):
@@ -134,8 +135,8 @@ class NumbaCPUBackend(Backend):
     #    compiled, one sweep each where NumPy makes one per ufunc.  The same code runs
     #    with or without output buffers, so every caller gets the same bits.
     def matmul(self, a, b, out=None):
-        """a @ b on SciPy's BLAS, the library of the compiled epoch: NumPy's,
-        another, leaves its threads spinning on the cores the epoch needs
+        """a @ b on the compiled epoch's BLAS (NumPy's where found): a second
+        library's threads would spin on the cores the epoch needs
         (numba_cpu_blas.py)."""
         return blas.matmul(a, b, out)
 
@@ -241,7 +242,8 @@ class NumbaCPUBackend(Backend):
         if dtype not in known:
             known[dtype] = autotune.kernel_choice(
                 "small forward GEMM", {"backend": self.name, "shape": list(SMALL_GEMM_PROBE),
-                                       "dtype": str(dtype), "hand": HAND_KERNEL},
+                                       "dtype": str(dtype), "hand": HAND_KERNEL,
+                                       "blas": blas.library()[0]},
                 functools.partial(_time_forward, *SMALL_GEMM_PROBE, dtype), ("BLAS", "hand"),
                 margin=HAND_MARGIN) == "hand"
         return known[dtype]
@@ -268,17 +270,19 @@ class NumbaCPUBackend(Backend):
         rows = y.shape[0]
         bounds = [p * rows // parts for p in range(parts + 1)]
         buffers = self._part_buffers(grads, (dW, db), parts)
-        gemm = (blas.gemm(y.dtype), blas.scratch(y.dtype))      # no fold in a part
+        gemm = blas.gemm(y.dtype)
+        scratch = [blas.scratch(y.dtype) for _ in range(parts)]     # one per thread
         run_part = kernels.ready("_part_op", (numba.typeof(X), numba.typeof(Y)), lambda: (
             params, a, delta, y, codes, hand, X, Y, order, 0, 0, 0, block, loss_code, tiny,
-            *buffers[0][:4], *gemm))
+            *buffers[0][:4], gemm, scratch[0]))
         update = kernels.ready("_update_op", y.dtype, lambda: _scratch_update(y.dtype))
         pool = thread_pool(parts - 1)
         n_correct = 0
         for s in range(step_costs.shape[0]):
             def part(p, start=s * rows):
                 return run_part(params, a, delta, y, codes, hand, X, Y, order, start, bounds[p],
-                                bounds[p + 1], block, loss_code, tiny, *buffers[p][:4], *gemm)
+                                bounds[p + 1], block, loss_code, tiny, *buffers[p][:4], gemm,
+                                scratch[p])
             others = [pool.submit(part, p) for p in range(1, parts)]
             try:
                 results = [part(0)] + [f.result() for f in others]
@@ -330,8 +334,9 @@ class NumbaCPUBackend(Backend):
         if threads is None:
             return contextlib.nullcontext()
         if self._blas is None:
-            import scipy.linalg.cython_blas  # noqa: F401 - load SciPy's BLAS before the scan
             from threadpoolctl import ThreadpoolController
+
+            blas.library()            # the epoch's BLAS is loaded before the scan
 
             self._blas = ThreadpoolController()
         return self._blas.limit(limits=threads, user_api="blas")
@@ -349,7 +354,7 @@ def _time_forward(rows, k, n, dtype, kernel, reps):
     x, W = rng.random((rows, k)).astype(dtype), rng.random((n, k)).astype(dtype)
     z = np.empty((rows, n), dtype)
     t0 = time.perf_counter()
-    blocks._time_forward(x, W, z, kernel == "hand", reps)
+    blocks._time_forward(x, W, z, kernel == "hand", blas.gemm(dtype), blas.scratch(dtype), reps)
     return time.perf_counter() - t0
 
 

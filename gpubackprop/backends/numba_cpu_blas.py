@@ -1,25 +1,30 @@
-"""SciPy's BLAS, the library numba's np.dot calls in the compiled epoch, for
-the rest of backend="numba" too: gemm for the epoch's folded update
-(numba_cpu_blocks._gemm_update) and matmul for the loop's ops.
+"""The BLAS of backend="numba": NumPy's own OpenBLAS where its sgemm and
+dgemm can be found (the NumPy wheels' scipy-openblas64, 64-bit ints), else
+SciPy's (cython_blas, 32-bit ints).  gemm feeds the compiled epoch's GEMMs
+(numba_cpu_blocks._gemm; Numba's own np.dot would run SciPy's) and matmul
+the loop's ops.
 
-NumPy bundles another OpenBLAS.  Each library's worker threads spin-wait
-for a while after a call, so an epoch right after NumPy's matmul (a
-validation pass, the user's own code) ran on half the cores until those
-threads gave up (bench/RESULTS.md): the backend keeps to one library.
+One library for the epoch, the loop, validation passes and the user's own
+NumPy code: each OpenBLAS keeps a pool of worker threads that spin-wait for
+a while after a call, so an epoch right after another library's GEMMs ran
+on half the cores until those threads gave up (bench/RESULTS.md).  NumPy's
+is the one the user's code wakes, and the epoch measured no slower on it.
 """
 import ctypes
 import functools
+import os
+import threading
 
 import numba.extending
 import numpy as np
 
 
 def matmul(a, b, out=None):
-    """a @ b (into `out`, C-contiguous, if given) on SciPy's BLAS; NumPy's
-    matmul for what BLAS does not take (other dtypes, empty shapes, an `out`
-    that overlaps an operand).  An operand neither C- nor F-contiguous is
-    copied first."""
-    if not _blas_operands(a, b, out):
+    """a @ b (into `out`, C-contiguous, if given) on the library: NumPy's
+    matmul where it is NumPy's, or for what BLAS does not take (other
+    dtypes, empty shapes, an `out` that overlaps an operand).  An operand
+    neither C- nor F-contiguous is copied first."""
+    if library()[0] == "numpy" or not _blas_operands(a, b, out):
         return np.matmul(a, b, out=out)
     if out is None:
         out = np.empty((a.shape[0], b.shape[1]), a.dtype)
@@ -29,19 +34,57 @@ def matmul(a, b, out=None):
 
 
 @functools.cache
+def library():
+    """("numpy", address of sgemm, of dgemm, int dtype) for NumPy's OpenBLAS
+    where found, else the same for SciPy's."""
+    return _numpy_gemm() or scipy_gemm()
+
+
+def scipy_gemm():
+    """library()'s record for SciPy's BLAS."""
+    get = numba.extending.get_cython_function_address
+    return ("scipy", get("scipy.linalg.cython_blas", "sgemm"),
+            get("scipy.linalg.cython_blas", "dgemm"), np.dtype(np.int32))
+
+
+def _numpy_gemm():
+    """NumPy's OpenBLAS sgemm and dgemm (the ILP64 scipy-openblas64 symbols of
+    NumPy's wheels), or None: another NumPy build (MKL, Accelerate, a
+    system OpenBLAS) keeps SciPy's."""
+    try:
+        import threadpoolctl
+        found = threadpoolctl.threadpool_info()
+    except Exception:                 # a library threadpoolctl cannot read
+        return None
+    numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
+    for info in found:
+        path = info.get("filepath") or ""
+        if info.get("internal_api") != "openblas" or not path.startswith(numpy_dir) \
+                or "numpy" not in path[len(numpy_dir):]:
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+            return ("numpy", ctypes.cast(lib.scipy_sgemm_64_, ctypes.c_void_p).value,
+                    ctypes.cast(lib.scipy_dgemm_64_, ctypes.c_void_p).value, np.dtype(np.int64))
+        except (OSError, AttributeError):
+            return None
+    return None
+
+
+@functools.cache
 def gemm(dtype):
-    """SciPy's BLAS sgemm or dgemm as a ctypes function: the epoch's folded
-    update calls it (blocks._gemm_update).  Its by-reference arguments are
-    passed as 64-bit integers (addresses)."""
-    name = {np.dtype(np.float32): "sgemm", np.dtype(np.float64): "dgemm"}[np.dtype(dtype)]
-    address = numba.extending.get_cython_function_address("scipy.linalg.cython_blas", name)
+    """The library's sgemm or dgemm as a ctypes function for compiled code
+    (numba_cpu_blocks._gemm): every by-reference argument an address passed
+    as a 64-bit integer."""
+    address = library()[1 if np.dtype(dtype) == np.float32 else 2]
     return ctypes.CFUNCTYPE(None, *[ctypes.c_uint64] * 13)(address)
 
 
 def scratch(dtype):
-    """The arguments gemm's function reads by reference (chars, ints,
-    scalars): one set per call, as threads share the function."""
-    return np.frombuffer(b"NT", np.uint8).copy(), np.zeros(6, np.int32), np.zeros(2, dtype)
+    """The arguments gemm's function reads by reference (chars, ints of the
+    library's width, scalars) and their addresses: one set per thread."""
+    held = np.frombuffer(b"NT", np.uint8).copy(), np.zeros(6, library()[3]), np.zeros(2, dtype)
+    return (*held, tuple(x.ctypes.data for x in held))
 
 
 def _layout(x):
@@ -49,7 +92,7 @@ def _layout(x):
     return "C" if x.flags.c_contiguous else "F" if x.flags.f_contiguous else None
 
 
-#: SciPy's BLAS takes 32-bit dimensions
+#: SciPy's BLAS takes 32-bit dimensions (matmul's own calls are SciPy's)
 _MAX_DIM = 2 ** 31 - 1
 
 
@@ -57,15 +100,44 @@ def _blas_operands(a, b, out):
     """True if gemm can compute out = a @ b: 2-D NumPy arrays of one
     float dtype, no dimension 0 or past _MAX_DIM, out (if given)
     C-contiguous, writable and apart from a and b."""
-    arrays = (a, b) if out is None else (a, b, out)
-    if not all(type(x) is np.ndarray and x.ndim == 2 for x in arrays) \
-            or a.dtype not in (np.float32, np.float64) \
-            or any(x.dtype != a.dtype for x in arrays) or a.shape[1] != b.shape[0] \
+    if type(a) is not np.ndarray or type(b) is not np.ndarray or a.ndim != 2 or b.ndim != 2 \
+            or a.dtype not in (np.float32, np.float64) or b.dtype != a.dtype \
+            or a.shape[1] != b.shape[0] \
             or not 0 < min(*a.shape, b.shape[1]) <= max(*a.shape, b.shape[1]) <= _MAX_DIM:
         return False
-    return out is None or (out.shape == (a.shape[0], b.shape[1]) and out.flags.c_contiguous
+    return out is None or (type(out) is np.ndarray and out.dtype == a.dtype
+                           and out.shape == (a.shape[0], b.shape[1]) and out.flags.c_contiguous
                            and out.flags.writeable and not np.may_share_memory(out, a)
                            and not np.may_share_memory(out, b))
+
+
+@functools.cache
+def _caller(dtype):
+    """gemm's function for calls from Python: every argument a pointer."""
+    return ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 13)(ctypes.cast(gemm(dtype), ctypes.c_void_p).value)
+
+
+_scratch = threading.local()       # per thread: calls from two threads must not share it
+
+
+def _arguments(dtype):
+    """This thread's by-reference arguments for dtype (trans chars, six
+    ints, alpha and beta) and their addresses, made once (a call costs
+    microseconds: the loop's small GEMMs feel each one)."""
+    key = np.dtype(dtype).char
+    held = _scratch.__dict__.get(key)
+    if held is None:
+        chars, ints = (ctypes.c_char * 2)(), (ctypes.c_int32 * 6)()
+        scalars = (ctypes.c_float if key == "f" else ctypes.c_double) * 2
+        scalars = scalars(1, 0)
+        held = _scratch.__dict__[key] = (chars, ints, scalars, ctypes.addressof(chars),
+                                         ctypes.addressof(ints), ctypes.addressof(scalars),
+                                         ctypes.sizeof(scalars) // 2)
+    return held
+
+
+def _address(x):
+    return x.__array_interface__["data"][0]
 
 
 def _blas_matmul(a, b, out):
@@ -74,12 +146,10 @@ def _blas_matmul(a, b, out):
     C-contiguous (M, K) array is column-major a.T (ld K), an F-contiguous
     one column-major a itself (ld M), so it is taken transposed."""
     (M, K), N = a.shape, b.shape[1]
-    chars, ints, scalars = scratch(a.dtype)
-    b_c, a_c = _layout(b) == "C", _layout(a) == "C"
-    chars[:] = (ord("N") if b_c else ord("T"), ord("N") if a_c else ord("T"))
-    ints[:] = (N, M, K, max(1, N if b_c else K), max(1, K if a_c else M), max(1, N))
-    scalars[:] = (1, 0)
-    i4, f = ints.ctypes.data, scalars.ctypes.data
-    gemm(a.dtype)(chars.ctypes.data, chars.ctypes.data + 1, i4, i4 + 4, i4 + 8, f,
-                  b.ctypes.data, i4 + 12, a.ctypes.data, i4 + 16, f + scalars.itemsize,
-                  out.ctypes.data, i4 + 20)
+    chars, ints, _, c, i, f, size = _arguments(a.dtype)
+    b_c, a_c = b.flags.c_contiguous, a.flags.c_contiguous
+    chars[0], chars[1] = b"N" if b_c else b"T", b"N" if a_c else b"T"
+    ints[0], ints[1], ints[2] = N, M, K
+    ints[3], ints[4], ints[5] = max(1, N if b_c else K), max(1, K if a_c else M), max(1, N)
+    _caller(a.dtype)(c, c + 1, i, i + 4, i + 8, f, _address(b), i + 12, _address(a), i + 16,
+                     f + size, _address(out), i + 20)

@@ -55,13 +55,13 @@ def _softmax_rows(z, a):
 
 
 @njit(cache=True)
-def _time_forward(x, W, z, hand, reps):
+def _time_forward(x, W, z, hand, gemm, blas, reps):
     """reps forward GEMMs z = x @ W.T, by _matmul_nt or BLAS (the measurement)."""
     for _ in range(reps):
         if hand:
             _matmul_nt(x, W, z)
         else:
-            np.dot(x, W.T, z)
+            _gemm(gemm, blas, x, W.T, z, 1, 0)
 
 
 @njit(fastmath={"reassoc", "contract"})
@@ -155,12 +155,11 @@ def _column_sum(delta, db):
 
 
 @njit(inline="always")
-def _add_gradient(delta, a_prev, dW, db, part_W, part_b, first):
+def _add_gradient(delta, a_prev, dW, db, part_W, part_b, first, gemm, blas):
     """dW (+)= delta.T @ a_prev, db (+)= delta.sum(0) for one block of rows
-    (first: the first block, which sets them; the others add their sums).
-    One GEMM call site for both cases: each np.dot costs compile time."""
+    (first: the first block, which sets them; the others add their sums)."""
     sums_W, sums_b = (dW, db) if first else (part_W, part_b)
-    np.dot(delta.T, a_prev, sums_W)              # sum over the rows of outer products
+    _gemm(gemm, blas, delta.T, a_prev, sums_W, 1, 0)     # sum over the rows of outer products
     _column_sum(delta, sums_b)
     if not first:
         _add_into(dW, db, part_W, part_b)
@@ -176,23 +175,39 @@ def _add_into(dW, db, part_W, part_b):
 
 
 @njit(inline="always")
-def _gemm_update(gemm, blas, W, delta, a_prev, alpha, beta):
-    """W = beta W + alpha delta.T @ a_prev in one BLAS call: gemm is SciPy's
+def _gemm(gemm, blas, A, B, C, alpha, beta):
+    """C = beta C + alpha A @ B in one BLAS call; A and B C-contiguous or
+    transposed C-contiguous arrays, C C-contiguous.  gemm is the backend's
     sgemm or dgemm (numba_cpu_blas.gemm, passed in as an argument: a global
     function pointer would keep the epoch out of Numba's cache) and blas =
-    (chars, ints, scalars) the scratch its by-reference arguments point
-    into.  Row-major W is column-major W.T (n_in x n_out) = a_prev.T @ delta:
-    a_prev (B, n_in) is a_prev.T column-major, delta is taken transposed."""
-    chars, ints, scalars = blas
-    B, n_out = delta.shape
-    n_in = a_prev.shape[1]
-    ints[0], ints[1], ints[2] = n_in, n_out, B          # m, n, k
-    ints[3], ints[4], ints[5] = n_in, n_out, n_in       # lda, ldb, ldc
+    (chars, ints, scalars, their addresses) the scratch its by-reference
+    arguments point into (ints of the library's width).  BLAS is column-major, where
+    row-major C is C.T = B.T @ A.T: a row-major array is its transpose to
+    BLAS, a transposed one is taken transposed."""
+    chars, ints, scalars, (c, i, f) = blas
+    M, K = A.shape
+    N = B.shape[1]
+    b_rows, ldb = _major(B)
+    a_rows, lda = _major(A)
+    chars[0] = 78 if b_rows else 84                     # "N", "T"
+    chars[1] = 78 if a_rows else 84
+    ints[0], ints[1], ints[2] = N, M, K                 # m, n, k of C.T
+    ints[3], ints[4], ints[5] = ldb, lda, max(1, N)
     scalars[0], scalars[1] = alpha, beta
-    i4, f = ints.ctypes.data, scalars.ctypes.data
-    gemm(chars.ctypes.data, chars.ctypes.data + 1, i4, i4 + 4, i4 + 8, f,
-         a_prev.ctypes.data, i4 + 12, delta.ctypes.data, i4 + 16, f + scalars.itemsize,
-         W.ctypes.data, i4 + 20)
+    w = ints.itemsize
+    gemm(c, c + 1, i, i + w, i + 2 * w, f, B.ctypes.data, i + 3 * w, A.ctypes.data, i + 4 * w,
+         f + scalars.itemsize, C.ctypes.data, i + 5 * w)
+
+
+@njit(inline="always")
+def _major(A):
+    """(row-major?, leading dimension) of a C-contiguous array or the
+    transpose of one (a row or column of one element is either)."""
+    rows, cols = A.shape
+    size = A.itemsize
+    if A.strides[1] == size and (rows <= 1 or A.strides[0] == cols * size):
+        return True, max(1, cols)
+    return False, max(1, rows)
 
 
 @njit(inline="always")

@@ -2,8 +2,9 @@
 epoch, a part of a split step, and the loop's passes, built from the
 activation table and from the table-free blocks in numba_cpu_blocks.py.
 
-GEMMs in compiled code are `np.dot(a, b, out)`, which Numba runs on SciPy's
-BLAS.  A small forward GEMM (under SMALL_GEMM multiply-adds) may run
+GEMMs in compiled code are calls of the backend's BLAS gemm (passed in as
+an argument: numba_cpu_blas.py), not Numba's `np.dot`, which runs SciPy's
+BLAS whatever NumPy's is.  A small forward GEMM (under SMALL_GEMM multiply-adds) may run
 `_matmul_nt` instead: where BLAS's per-call set-up dominates (the AMD EPYC VM
 of bench/RESULTS.md) it wins, where BLAS has kernels for small shapes (the
 AVX-512 Xeon VM) it loses, so the backend times both once per machine and
@@ -11,8 +12,7 @@ dtype (autotune.kernel_choice) and passes the choice in (`hand`, one flag
 per layer).  Hand-written weight gradients lost to BLAS at every size
 measured (RESULTS.md).  A step of one block without momentum folds each
 layer's update into its weight-gradient GEMM (W = (1 - lr wd) W - lr scale
-delta.T @ a_prev: _backward's fold), which np.dot cannot (no alpha, beta):
-SciPy's own sgemm/dgemm, passed into the epoch as an argument.
+delta.T @ a_prev: _backward's fold, gemm's alpha and beta).
 The element-wise loops are written so LLVM vectorises them (2-D indexing with
 loop invariants in locals: row views cost an atomic reference count each)
 and inlined into a step's forward and backward (_forward_cost, _backward:
@@ -41,7 +41,6 @@ import hashlib
 import math
 import threading
 
-import numpy as np
 from numba import njit
 from numba.typed import List
 
@@ -49,7 +48,7 @@ from .. import activations
 from . import numba_cpu_blocks as blocks
 from .numba_cpu_blocks import (CROSS_ENTROPY as _CROSS_ENTROPY,
                                IDENTITY as _IDENTITY, SOFTMAX as _SOFTMAX, _add_gradient,
-                               _add_into, _column_sum, _cost, _gather, _gemm_update,
+                               _add_into, _column_sum, _cost, _gather, _gemm,
                                _matmul_nt, _softmax_rows, _update)
 
 NOTICE = "compiling the CPU kernels, first run only ..."
@@ -62,12 +61,12 @@ _TABLE_HASH = 0
 
 
 # -- the compiled epoch ------------------------------------------------------------
-def _dense_forward(a_prev, W, b, code, a, hand):
+def _dense_forward(a_prev, W, b, code, a, hand, gemm, blas):
     """a = sigma(a_prev @ W.T + b); z = a_prev @ W.T by _matmul_nt if hand."""
     if hand:
         _matmul_nt(a_prev, W, a)
     else:
-        np.dot(a_prev, W.T, a)
+        _gemm(gemm, blas, a_prev, W.T, a, 1, 0)
     _bias_sigma(a, b, code)
 
 
@@ -153,7 +152,7 @@ def _output_delta(a, y, loss_code, code, delta):
 # layer-by-layer pass over a large batch streams each array through memory
 # three times (GEMM out, bias + sigma in and out, next GEMM in).
 def _forward_cost(params, a, y, codes, hand, X, Y, order, start, r_begin, r_end, block,
-                  loss_code, tiny):
+                  loss_code, tiny, gemm, blas):
     """Rows r_begin:r_end of the batch order[start:]: gathered into a_0 and
     y, then forward through every layer (hand[l]: layer l's GEMM by
     _matmul_nt).  Returns (sum of their C0, rows with argmax a == argmax y)."""
@@ -165,7 +164,7 @@ def _forward_cost(params, a, y, codes, hand, X, Y, order, start, r_begin, r_end,
         _gather(Y, order, start + r0, y[r0:r1])
         for l in range(L):
             _dense_forward(a[l][r0:r1], params[2 * l], params[2 * l + 1][0], codes[l],
-                           a[l + 1][r0:r1], hand[l])
+                           a[l + 1][r0:r1], hand[l], gemm, blas)
         block_cost, block_correct = _cost(a[L][r0:r1], y[r0:r1], loss_code, codes[L - 1], tiny)
         cost += block_cost
         correct += block_correct
@@ -179,7 +178,7 @@ def _backward(params, a, delta, y, codes, r_begin, r_end, block, loss_code, dW, 
     r_begin.. of the delta buffers (scratch, reused by the next block).
     fold (a step of one block without momentum): each layer's update instead,
     folded into its gradient GEMM once the delta has gone back through W,
-    W = (1 - lr wd) W - lr scale delta.T @ a_prev (_gemm_update: gemm, blas),
+    W = (1 - lr wd) W - lr scale delta.T @ a_prev (_gemm: gemm, blas),
     so dW is never written."""
     L = len(codes)
     for r0 in range(r_begin, r_end, block):
@@ -189,15 +188,15 @@ def _backward(params, a, delta, y, codes, r_begin, r_end, block, loss_code, dW, 
         for l in range(L - 1, -1, -1):
             if not fold:
                 _add_gradient(d, a[l][r0:r1], dW[l], db[l][0], part_W[l], part_b[l][0],
-                              r0 == r_begin)
+                              r0 == r_begin, gemm, blas)
             d_prev = delta[max(l - 1, 0)][r_begin:r_begin + r1 - r0]
             if l > 0:                                # delta through W_l, before its update
-                np.dot(d, params[2 * l], d_prev)
+                _gemm(gemm, blas, d, params[2 * l], d_prev, 1, 0)
                 _times_dsigma(d_prev, a[l][r0:r1], codes[l - 1])
             if fold:
                 W, b, g = params[2 * l], params[2 * l + 1][0], db[l][0]
                 _column_sum(d, g)
-                _gemm_update(gemm, blas, W, d, a[l][r0:r1], -lr * scale, 1 - lr * wd)
+                _gemm(gemm, blas, d.T, a[l][r0:r1], W, -lr * scale, 1 - lr * wd)
                 for j in range(b.shape[0]):
                     b[j] = b[j] - lr * (g[j] * scale + wd * b[j])
             d = d_prev
@@ -219,7 +218,7 @@ def _epoch(params, velocities, a, delta, dW, db, part_W, part_b, y, codes, hand,
     n_correct, bad_step = 0, -1
     for s in range(step_costs.shape[0]):
         cost, correct = _forward_cost(params, a, y, codes, hand, X, Y, order, s * B, 0, B,
-                                      block, loss_code, tiny)
+                                      block, loss_code, tiny, gemm, blas)
         step_costs[s] = cost
         if not math.isfinite(cost):
             bad_step = s
@@ -240,8 +239,8 @@ def _part_op(params, a, delta, y, codes, hand, X, Y, order, start, r_begin, r_en
     """Rows r_begin:r_end of the step whose batch is order[start:]: forward,
     cost and (if the cost is finite) their gradient sums into dW, db."""
     cost, correct = _forward_cost(params, a, y, codes, hand, X, Y, order, start, r_begin,
-                                  r_end, block, loss_code, tiny)
-    if math.isfinite(cost):           # gemm, blas: unused (no fold), _backward's types
+                                  r_end, block, loss_code, tiny, gemm, blas)
+    if math.isfinite(cost):
         _backward(params, a, delta, y, codes, r_begin, r_end, block, loss_code, dW, db, part_W,
                   part_b, False, gemm, blas, tiny, tiny, tiny)
     return cost, correct, _TABLE_HASH
