@@ -1,9 +1,11 @@
-"""backends/numba_cpu_blas.py: the numba backend's GEMMs on SciPy's BLAS.
+"""backends/numba_cpu_blas.py: the numba backend's one BLAS (NumPy's own
+OpenBLAS where found, else SciPy's).
 
-matmul is held against NumPy's float64 product on random data for every
-layout BLAS reads in place (C, F) and one it must copy (a strided view), at
-odd shapes; what BLAS cannot take falls back to NumPy; and the backend's ops
-(the trainer's loop, evaluation) run their GEMMs through it.
+matmul's own path (SciPy's, through ctypes) is held against NumPy's float64
+product on random data for every layout BLAS reads in place (C, F) and one
+it must copy (a strided view), at odd shapes; what BLAS cannot take falls
+back to NumPy; the ops and evaluation run on the library; and the compiled
+epoch trains as the NumPy reference on either library.
 """
 import numpy as np
 import pytest
@@ -33,20 +35,24 @@ def operand(rng, shape, layout, dtype):
                                      (130, 70, 41)])
 @pytest.mark.parametrize("layout_a", ["C", "F", "strided"])
 @pytest.mark.parametrize("layout_b", ["C", "F"])
-def test_matmul_matches_numpy(dtype, M, K, N, layout_a, layout_b):
+def test_matmul_matches_numpy(dtype, M, K, N, layout_a, layout_b, scipy_blas, monkeypatch):
     rng = np.random.default_rng(M * 1000 + K * 10 + N)
     a = operand(rng, (M, K), layout_a, dtype)
     b = operand(rng, (K, N), layout_b, dtype)
     exact = a.astype(np.float64) @ b.astype(np.float64)
+    calls = []
+    real = blas._blas_matmul
+    monkeypatch.setattr(blas, "_blas_matmul", lambda *args: calls.append(1) or real(*args))
     out = np.full((M, N), np.nan, dtype)
     assert blas.matmul(a, b, out) is out
     fresh = blas.matmul(a, b)
     assert fresh.dtype == dtype and fresh.shape == (M, N) and fresh.flags.c_contiguous
     assert rel_err(out, exact) < TOL[dtype]
     np.testing.assert_array_equal(fresh, out)       # with or without a buffer: same bits
+    assert len(calls) == 2                          # SciPy's gemm, not NumPy's matmul
 
 
-def test_what_blas_does_not_take_runs_numpys_matmul():
+def test_what_blas_does_not_take_runs_numpys_matmul(scipy_blas):
     rng = np.random.default_rng(1)
     ints = rng.integers(-5, 5, (4, 3)), rng.integers(-5, 5, (3, 2))
     np.testing.assert_array_equal(blas.matmul(*ints), ints[0] @ ints[1])
