@@ -131,7 +131,7 @@ class NumbaCPUBackend(Backend):
         if np.dtype(dtype) not in (np.float32, np.float64):
             raise ValueError(f"backend 'numba' trains float32 or float64 networks; got {dtype}")
 
-    # -- the four ops (the trainer's loop): SciPy's GEMMs, and the passes between them
+    # -- the four ops (the trainer's loop): the epoch's BLAS, and the passes between them
     #    compiled, one sweep each where NumPy makes one per ufunc.  The same code runs
     #    with or without output buffers, so every caller gets the same bits.
     def matmul(self, a, b, out=None):

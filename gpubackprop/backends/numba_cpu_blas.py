@@ -114,7 +114,8 @@ def _blas_operands(a, b, out):
 @functools.cache
 def _caller(dtype):
     """gemm's function for calls from Python: every argument a pointer."""
-    return ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 13)(ctypes.cast(gemm(dtype), ctypes.c_void_p).value)
+    address = ctypes.cast(gemm(dtype), ctypes.c_void_p).value
+    return ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 13)(address)
 
 
 _scratch = threading.local()       # per thread: calls from two threads must not share it

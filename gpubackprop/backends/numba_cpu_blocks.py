@@ -181,9 +181,9 @@ def _gemm(gemm, blas, A, B, C, alpha, beta):
     sgemm or dgemm (numba_cpu_blas.gemm, passed in as an argument: a global
     function pointer would keep the epoch out of Numba's cache) and blas =
     (chars, ints, scalars, their addresses) the scratch its by-reference
-    arguments point into (ints of the library's width).  BLAS is column-major, where
-    row-major C is C.T = B.T @ A.T: a row-major array is its transpose to
-    BLAS, a transposed one is taken transposed."""
+    arguments point into (ints of the library's width).  BLAS is
+    column-major, where row-major C is C.T = B.T @ A.T: a row-major array
+    is its transpose to BLAS, a transposed one is taken transposed."""
     chars, ints, scalars, (c, i, f) = blas
     M, K = A.shape
     N = B.shape[1]

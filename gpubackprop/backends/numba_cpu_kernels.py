@@ -4,12 +4,12 @@ activation table and from the table-free blocks in numba_cpu_blocks.py.
 
 GEMMs in compiled code are calls of the backend's BLAS gemm (passed in as
 an argument: numba_cpu_blas.py), not Numba's `np.dot`, which runs SciPy's
-BLAS whatever NumPy's is.  A small forward GEMM (under SMALL_GEMM multiply-adds) may run
-`_matmul_nt` instead: where BLAS's per-call set-up dominates (the AMD EPYC VM
-of bench/RESULTS.md) it wins, where BLAS has kernels for small shapes (the
-AVX-512 Xeon VM) it loses, so the backend times both once per machine and
-dtype (autotune.kernel_choice) and passes the choice in (`hand`, one flag
-per layer).  Hand-written weight gradients lost to BLAS at every size
+BLAS whatever NumPy's is.  A small forward GEMM (under SMALL_GEMM
+multiply-adds) may run `_matmul_nt` instead: where BLAS's per-call set-up
+dominates (the AMD EPYC VM of bench/RESULTS.md) it wins, where BLAS has
+kernels for small shapes (the AVX-512 Xeon VM) it loses, so the backend
+times both once per machine and dtype (autotune.kernel_choice) and passes
+the choice in (`hand`, one flag per layer).  Hand-written weight gradients lost to BLAS at every size
 measured (RESULTS.md).  A step of one block without momentum folds each
 layer's update into its weight-gradient GEMM (W = (1 - lr wd) W - lr scale
 delta.T @ a_prev: _backward's fold, gemm's alpha and beta).
