@@ -74,10 +74,8 @@ def scipy_blas(monkeypatch):
     """The backend as on a NumPy whose BLAS is not found: SciPy's."""
     monkeypatch.setattr(blas, "library", blas.scipy_gemm)
     blas.gemm.cache_clear()
-    blas._caller.cache_clear()
     yield
     blas.gemm.cache_clear()
-    blas._caller.cache_clear()
 
 
 def net_and_reference(sizes):

@@ -18,6 +18,8 @@ import threading
 import numba.extending
 import numpy as np
 
+from .numba_cpu_blocks import gemm_op
+
 
 def matmul(a, b, out=None):
     """a @ b (into `out`, C-contiguous, if given) on the library: NumPy's
@@ -111,46 +113,15 @@ def _blas_operands(a, b, out):
                            and not np.may_share_memory(out, b))
 
 
-@functools.cache
-def _caller(dtype):
-    """gemm's function for calls from Python: every argument a pointer."""
-    address = ctypes.cast(gemm(dtype), ctypes.c_void_p).value
-    return ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 13)(address)
-
-
 _scratch = threading.local()       # per thread: calls from two threads must not share it
 
 
-def _arguments(dtype):
-    """This thread's by-reference arguments for dtype (trans chars, six
-    ints, alpha and beta) and their addresses, made once (a call costs
-    microseconds: the loop's small GEMMs feel each one)."""
-    key = np.dtype(dtype).char
+def _blas_matmul(a, b, out):
+    """out = a @ b by gemm (numba_cpu_blocks.gemm_op, compiled once per layout
+    and cached), a and b C- or F-contiguous, out C-contiguous; with this
+    thread's scratch, made once."""
+    key = library()[0], a.dtype.char
     held = _scratch.__dict__.get(key)
     if held is None:
-        chars, ints = (ctypes.c_char * 2)(), (ctypes.c_int32 * 6)()
-        scalars = (ctypes.c_float if key == "f" else ctypes.c_double) * 2
-        scalars = scalars(1, 0)
-        held = _scratch.__dict__[key] = (chars, ints, scalars, ctypes.addressof(chars),
-                                         ctypes.addressof(ints), ctypes.addressof(scalars),
-                                         ctypes.sizeof(scalars) // 2)
-    return held
-
-
-def _address(x):
-    return x.__array_interface__["data"][0]
-
-
-def _blas_matmul(a, b, out):
-    """out = a @ b by gemm, a and b C- or F-contiguous, out C-contiguous.
-    BLAS is column-major, where row-major out is out.T = b.T @ a.T: a
-    C-contiguous (M, K) array is column-major a.T (ld K), an F-contiguous
-    one column-major a itself (ld M), so it is taken transposed."""
-    (M, K), N = a.shape, b.shape[1]
-    chars, ints, _, c, i, f, size = _arguments(a.dtype)
-    b_c, a_c = b.flags.c_contiguous, a.flags.c_contiguous
-    chars[0], chars[1] = b"N" if b_c else b"T", b"N" if a_c else b"T"
-    ints[0], ints[1], ints[2] = N, M, K
-    ints[3], ints[4], ints[5] = max(1, N if b_c else K), max(1, K if a_c else M), max(1, N)
-    _caller(a.dtype)(c, c + 1, i, i + 4, i + 8, f, _address(b), i + 12, _address(a), i + 16,
-                     f + size, _address(out), i + 20)
+        held = _scratch.__dict__[key] = scratch(a.dtype)
+    gemm_op(gemm(a.dtype), held, a, b, out)

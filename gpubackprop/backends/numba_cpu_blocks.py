@@ -199,6 +199,12 @@ def _gemm(gemm, blas, A, B, C, alpha, beta):
          f + scalars.itemsize, C.ctypes.data, i + 5 * w)
 
 
+@njit(cache=True, nogil=True)
+def gemm_op(gemm, blas, A, B, C):
+    """C = A @ B by _gemm, called from Python (numba_cpu_blas.matmul)."""
+    _gemm(gemm, blas, A, B, C, 1, 0)
+
+
 @njit(inline="always")
 def _major(A):
     """(row-major?, leading dimension) of a C-contiguous array or the
