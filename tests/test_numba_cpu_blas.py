@@ -1,7 +1,7 @@
 """backends/numba_cpu_blas.py: the numba backend's one BLAS (NumPy's own
 OpenBLAS where found, else SciPy's).
 
-matmul's own path (SciPy's, through ctypes) is held against NumPy's float64
+matmul's own path (SciPy's, by the compiled gemm_op) is held against NumPy's float64
 product on random data for every layout BLAS reads in place (C, F) and one
 it must copy (a strided view), at odd shapes; what BLAS cannot take falls
 back to NumPy; the ops and evaluation run on the library; and the compiled
