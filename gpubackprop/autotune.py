@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 from . import __version__
 from .threads import usable_cores
 
@@ -186,7 +188,7 @@ def _reason(entry, source, where):
     s = entry["seconds"]
     where = {"measured": f"measured now, recorded in {where}",
              "recorded": f"measured {entry['date']}, recorded in {where}"}[source]
-    fast, loop = (f"{s[k] * 1e3:.3g} ms/step" for k in ("fast path", "loop"))
+    fast, loop = (f"{figure(s[k] * 1e3)} ms/step" for k in ("fast path", "loop"))
     if not entry["fast_path"]:
         return (f"the loop ({loop}) beat the fast path ({fast}) by more than "
                 f"{entry.get('margin', 1.0)}x, {where}")
@@ -194,6 +196,13 @@ def _reason(entry, source, where):
         return f"the fast path ({fast}) beat the loop ({loop}), {where}"
     return (f"the fast path ({fast}) kept: the loop ({loop}) was not "
             f"{entry.get('margin', 1.0)}x faster, {where}")
+
+
+def figure(value):
+    """`value` to three significant digits without an exponent: a wide
+    network's step reads "2110 ms", not "2.11e+03 ms"."""
+    return np.format_float_positional(value, precision=3, unique=False, fractional=False,
+                                      trim="-")
 
 
 def _measure(run):
@@ -248,7 +257,7 @@ def kernel_choice(kernel, spec, run, candidates, margin=1.0):
                  "rounds": rounds, "date": datetime.date.today().isoformat()}
         where = _record(key, entry, "kernels")
         log.info("autotune: %s %s: %s (%s), recorded in %s", kernel, spec, entry["choice"],
-                 ", ".join(f"{c} {s * 1e6:.3g} us" for c, s in seconds.items()), where)
+                 ", ".join(f"{c} {figure(s * 1e6)} us" for c, s in seconds.items()), where)
     return entry["choice"]
 
 

@@ -267,12 +267,14 @@ def _print_autotune():
         print(f"  {spec['backend']} {spec['sizes']} {'/'.join(spec['activations'])} "
               f"{spec['loss']}, batch {spec['batch']}, {spec['dtype']}: "
               f"{'fast path' if entry['fast_path'] else 'loop'} (fast path "
-              f"{s['fast path'] * 1e3:.3g} ms/step, loop {s['loop'] * 1e3:.3g} ms/step; "
+              f"{autotune.figure(s['fast path'] * 1e3)} ms/step, "
+              f"loop {autotune.figure(s['loop'] * 1e3)} ms/step; "
               f"{entry.get('date', '?')})")
     kernels = autotune.choices("kernels")
     print(f"kernels, measured on this machine: {len(kernels)} recorded")
     for spec, entry in kernels:
-        times = ", ".join(f"{c} {s * 1e6:.3g} us" for c, s in entry["seconds"].items())
+        times = ", ".join(f"{c} {autotune.figure(s * 1e6)} us"
+                          for c, s in entry["seconds"].items())
         hand = f"; the hand kernel in {spec['hand']}" if "hand" in spec else ""
         print(f"  {spec['backend']} {spec['kernel']} {' x '.join(map(str, spec['shape']))} "
               f"{spec['dtype']}: {entry['choice']} ({times}; {entry.get('date', '?')}{hand})")

@@ -261,6 +261,13 @@ def test_the_loop_must_win_by_loop_margin(record, monkeypatch, loop_s, fast_path
     assert says in t.path_choice.reason
 
 
+@pytest.mark.parametrize("value, says", [
+    (2110.4, "2110"), (0.98, "0.98"), (1.0, "1"), (4.66e-5, "0.0000466"), (2.114, "2.11")])
+def test_figures_read_without_exponents(value, says):
+    """A wide network's 2.1 s step reads "2110 ms/step", not "2.11e+03 ms/step"."""
+    assert autotune.figure(value) == says
+
+
 def test_the_record_names_the_blas_kernels(record):
     """The BLAS libraries and the kernels OpenBLAS picked are part of the
     machine a choice is recorded for: another OPENBLAS_CORETYPE is another
