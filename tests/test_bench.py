@@ -329,6 +329,24 @@ def test_a_short_case_runs_untimed_then_back_to_back_in_each_sample(monkeypatch)
     assert sorted(times[short]) == pytest.approx([0.01, 0.011]) and times[long_] == [0.06] * 2
 
 
+def test_the_paths_target_pairs_the_rounds():
+    """With a time from every round in both rows, the paths target is the
+    median of the rounds' ratios (each pair ran under the same load), not the
+    ratio of the medians; rows from unequal rounds fall back to the latter."""
+    full = bench.PROFILES["full"].regime("medium")
+    ours = {"regime": "medium", "device": "cpu", "role": "ours", "impl": "gpubackprop",
+            "ratio": 1.0, "gemm_fraction": 0.6, "path": "loop", "times_s": [1.0, 1.2, 1.1]}
+    told = {"regime": "medium", "device": "cpu", "role": "ours-backend", "path": "fast-path",
+            "impl": "gpubackprop[numba:fast-path]", "ratio": 1.0, "gemm_fraction": 0.6,
+            "times_s": [1.05, 1.1, 1.2]}
+    result = {"results": [ours, told], "devices": ["cpu"], "peers": ["paths"]}
+    (t,) = run.targets(result, "quick", [full])
+    assert t["value"] == pytest.approx(1.05) and t["met"] is True
+    told["times_s"] = [1.05, 1.1]
+    (t,) = run.targets(result, "quick", [full])
+    assert t["value"] == 1.0
+
+
 def test_output_paths():
     p = argparse.ArgumentParser()
     cli.add_arguments(p)

@@ -3,6 +3,8 @@ sweep; the result is one JSON-able dict (schema SCHEMA), handed to
 `on_update` after every regime so a run killed half-way keeps what finished."""
 import datetime
 
+import numpy as np
+
 from . import machine as _machine
 from .cases import PEERS, PROFILES, REGIME_NAMES, make_data, initial_params
 from .frameworks import JaxCase, TorchCase
@@ -25,7 +27,7 @@ TARGETS = (
     ("wide", "torch-eager", "cpu", 1.0, "vs PyTorch eager"),
     ("wide", "jax", "cpu", 1.0, "vs JAX's jitted epoch"),
     ("wide", "floor", "cpu", 0.90, "share of the time NumPy's SGEMMs alone take"),
-    *((r, "paths", "cpu", 0.95, "auto vs the faster of its fast path and loop")
+    *((r, "paths", "cpu", 0.95, "auto vs the faster of its fast path and loop, round by round")
       for r in ("small", "medium", "narrow", "wide")),
     ("small", "torch-eager", "cuda", 10.0, "Nielsen's recipe vs PyTorch eager"),
     ("narrow", "torch-eager", "cuda", 3.0, "vs PyTorch eager"),
@@ -234,6 +236,16 @@ def _finish(result, profile, chosen):
     result["targets"] = targets(result, profile, chosen)
 
 
+def _paired_ratio(row, ours):
+    """row's time / ours: the median of the rounds' ratios where both rows have
+    a time from every round (each round's pair shares the machine's load of the
+    moment), else the ratio of the medians."""
+    a, b = row.get("times_s"), ours.get("times_s")
+    if not a or not b or len(a) != len(b):
+        return row["ratio"]
+    return float(np.median(np.asarray(a) / np.asarray(b)))
+
+
 def targets(result, profile, chosen):
     """The TARGETS that apply: measured regimes at the full profile's shapes
     (so never in the tiny profile), on a device of the target's kind."""
@@ -256,7 +268,7 @@ def targets(result, profile, chosen):
             value, note = None, None
             if ours is not None and peer == "paths":    # the faster told path's time / auto's
                 faster = min(told, key=lambda r: r["ratio"], default=None)
-                value = None if faster is None else faster["ratio"]
+                value = None if faster is None else _paired_ratio(faster, ours)
                 if faster is not None and faster.get("path") is not None \
                         and ours.get("path") == faster["path"]:
                     note = (f"auto ran the {faster['path'].replace('-', ' ')}, the faster "
