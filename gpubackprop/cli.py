@@ -273,7 +273,8 @@ def _print_autotune():
     kernels = autotune.choices("kernels")
     print(f"kernels, measured on this machine: {len(kernels)} recorded")
     for spec, entry in kernels:
-        times = ", ".join(f"{c} {autotune.figure(s * 1e6)} us"
+        whose = f" ({spec['blas']}'s)" if "blas" in spec else ""     # which BLAS was timed
+        times = ", ".join(f"{c}{whose if c == 'BLAS' else ''} {autotune.figure(s * 1e6)} us"
                           for c, s in entry["seconds"].items())
         hand = f"; the hand kernel in {spec['hand']}" if "hand" in spec else ""
         print(f"  {spec['backend']} {spec['kernel']} {' x '.join(map(str, spec['shape']))} "

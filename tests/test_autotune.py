@@ -235,6 +235,7 @@ def test_the_small_forward_gemm_kernel_is_measured_once_and_recorded(record, mon
     out = capsys.readouterr().out
     assert "kernels, measured on this machine: 1 recorded" in out
     assert "numba small forward GEMM 10 x 784 x 30 float32: " in out
+    assert f"BLAS ({spec['blas']}'s) " in out               # which BLAS was timed
     autotune.forget()
     wide = trainer(fast_path=True, sizes=[24, 1024, 1024], batch=64)   # no layer under
     assert 64 * 24 * 1024 >= blocks.SMALL_GEMM                          # SMALL_GEMM
