@@ -1,11 +1,15 @@
 """The `gpubackprop` command: train, gradcheck, explain, info (and bench)."""
 import argparse
+import importlib.metadata
 import os
 import platform
 import sys
 import time
 
 import numpy as np
+
+#: `gpubackprop info`'s peers: module -> distribution (versions from the metadata)
+PEERS = {"torch": "torch", "jax": "jax", "sklearn": "scikit-learn"}
 
 
 def _sizes(text):
@@ -211,12 +215,17 @@ def cmd_info(args):
 
     print(f"gpubackprop {gb.__version__}")
     print(f"python {platform.python_version()} ({platform.machine()}, {platform.system()})")
-    for module in ("numpy", "numba", "scipy", "safetensors", "tqdm", "cupy", "numba_cuda",
-                   "torch", "sklearn"):
+    for module in ("numpy", "numba", "scipy", "safetensors", "tqdm", "cupy", "numba_cuda"):
         try:
             version = __import__(module).__version__
         except Exception as exc:  # absent or broken
             version = f"not available ({type(exc).__name__})"
+        print(f"  {module:<11} {version}")
+    for module, dist in PEERS.items():    # not imported: together they take seconds to
+        try:                              # import, and the library never imports them
+            version = f"{importlib.metadata.version(dist)} (a peer for bench and tests)"
+        except importlib.metadata.PackageNotFoundError:
+            version = "not installed (a peer for bench and tests)"
         print(f"  {module:<11} {version}")
     blas = cpu_blas()
     for b in blas:

@@ -171,6 +171,21 @@ def test_info_hint_matches_what_is_missing(reason, hint):
     assert hint in _cuda_hint(reason)
 
 
+def test_info_names_the_peers_versions_without_importing_them(tmp_path):
+    """PyTorch, JAX and scikit-learn are benchmark peers the library never
+    imports: info reads their versions from the installed metadata (importing
+    them took seconds) and says which are absent."""
+    code = ("import sys; from gpubackprop.cli import main, PEERS; main(['info']); "
+            "print('imported:', sorted(m for m in PEERS if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.rstrip().endswith("imported: []"), r.stdout
+    for module in ("torch", "jax", "sklearn"):
+        assert re.search(rf"^  {module} +(\S+ \(a peer|not installed \(a peer)", r.stdout,
+                         re.M), r.stdout
+
+
 def test_info_survives_a_closed_pipe(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "gpubackprop", "info"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
