@@ -1,6 +1,5 @@
 """The `gpubackprop` command: train, gradcheck, explain, info (and bench)."""
 import argparse
-import importlib.metadata
 import os
 import platform
 import sys
@@ -8,8 +7,8 @@ import time
 
 import numpy as np
 
-#: `gpubackprop info`'s peers: module -> distribution (versions from the metadata)
-PEERS = {"torch": "torch", "jax": "jax", "sklearn": "scikit-learn"}
+#: the benchmark peers `gpubackprop info` names (their versions read without importing them)
+PEERS = ("torch", "jax", "sklearn")
 
 
 def _sizes(text):
@@ -211,6 +210,7 @@ def _devices_by_kind():
 def cmd_info(args):
     import gpubackprop as gb
     from gpubackprop import backends
+    from gpubackprop.bench.machine import installed_version
     from gpubackprop.device import INSTALL_HINT, cpu_blas, cpu_blas_warning, cuda_status
 
     print(f"gpubackprop {gb.__version__}")
@@ -221,12 +221,9 @@ def cmd_info(args):
         except Exception as exc:  # absent or broken
             version = f"not available ({type(exc).__name__})"
         print(f"  {module:<11} {version}")
-    for module, dist in PEERS.items():    # not imported: together they take seconds to
-        try:                              # import, and the library never imports them
-            version = f"{importlib.metadata.version(dist)} (a peer for bench and tests)"
-        except importlib.metadata.PackageNotFoundError:
-            version = "not installed (a peer for bench and tests)"
-        print(f"  {module:<11} {version}")
+    for module in PEERS:         # not imported: that took seconds, and the library never does
+        version = installed_version(module) or "not installed"
+        print(f"  {module:<11} {version} (a peer for bench and tests)")
     blas = cpu_blas()
     for b in blas:
         print(f"  BLAS        {b['library']}'s {b['api']} {b['version']}: {b['kernels']} kernels, "

@@ -73,19 +73,24 @@ def busy_warning(load):
     return None
 
 
+def installed_version(mod):
+    """The version of module `mod`: the loaded module's, else its installed
+    distribution's (_DISTS), read without importing it; None if absent."""
+    version = getattr(sys.modules.get(mod), "__version__", None)
+    for dist in _DISTS.get(mod, (mod,)) if version is None else ():
+        with contextlib.suppress(Exception):
+            return importlib.metadata.version(dist)
+    return version
+
+
 def machine(devices):
     """The machine and library versions; `gpus` names every GPU in `devices`."""
     info = {"python": platform.python_version(), "platform": platform.platform(),
             "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "cpus_usable": usable_cores(),
             "numpy": np.__version__, "blas": cpu_blas()}
     info["blas_warning"] = cpu_blas_warning(info["blas"])
-    for mod, names in _DISTS.items():
-        m = sys.modules.get(mod)
-        info[mod] = getattr(m, "__version__", None) if m else None
-        for dist in names if info[mod] is None else ():
-            with contextlib.suppress(Exception):
-                info[mod] = importlib.metadata.version(dist)
-                break
+    for mod in _DISTS:
+        info[mod] = installed_version(mod)
     torch = sys.modules.get("torch")
     if torch is not None:
         info["torch_threads"] = torch.get_num_threads()
